@@ -1,0 +1,335 @@
+"""The storage interface every backend implements.
+
+Records are plain dataclasses so that the core never sees a backend's row or
+document types. Methods are deliberately small and rule-free: they store and
+fetch, allocate counters atomically, and append journal entries in the same
+operation as the change they describe. Deciding *whether* a change is allowed
+is the job of ``merganser.resolvers``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+class DuplicateKeyError(Exception):
+    """A unique key (username, address, mailbox path) is already taken.
+
+    ``key`` names which one, so the core can say precisely what clashed.
+    """
+
+    def __init__(self, key: Literal["username", "address", "path"]) -> None:
+        super().__init__(f"duplicate {key}")
+        self.key = key
+
+
+@dataclass(slots=True)
+class User:
+    id: str
+    username: str
+    name: str
+    password_hash: str
+    address: str
+    language: str
+    quota: int
+    retention: int
+    recipients: int
+    forwards: int
+    created: datetime
+    forward: str | None = None
+    target_url: str | None = None
+    storage_used: int = 0
+    disabled: bool = False
+    activated: bool = True
+    twofa_enabled: bool = False
+    twofa_seed: str | None = None
+    twofa_pending_seed: str | None = None
+    twofa_last_step: int = 0
+
+
+@dataclass(slots=True)
+class Address:
+    id: str
+    user: str
+    address: str
+    addrview: str
+    created: datetime
+
+
+@dataclass(slots=True)
+class ApplicationPassword:
+    id: str
+    user: str
+    description: str
+    scopes: list[str]
+    password_hash: str
+    created: datetime
+
+
+@dataclass(slots=True)
+class AuthLogEntry:
+    id: str
+    user: str | None
+    action: str
+    result: str
+    created: datetime
+    expires: datetime
+    ip: str | None = None
+    protocol: str | None = None
+    scope: str | None = None
+    asp: str | None = None
+    username: str | None = None
+
+
+@dataclass(slots=True)
+class Mailbox:
+    id: str
+    user: str
+    path: str
+    special_use: str | None
+    subscribed: bool
+    retention: int
+    uid_validity: int
+    uid_next: int
+    modify_index: int
+    created: datetime
+
+    @property
+    def name(self) -> str:
+        """The last segment of the path, as shown to people."""
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass(slots=True)
+class Message:
+    """One stored message. The raw bytes live with it so that they are exact."""
+
+    id: str
+    user: str
+    mailbox: str
+    uid: int
+    thread: str
+    size: int
+    idate: datetime
+    flags: list[str] = field(default_factory=list)
+    expires: datetime | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class JournalEvent:
+    """A change to append to a user's journal; storage assigns its id."""
+
+    command: str
+    mailbox: str | None = None
+    message: str | None = None
+    uid: int | None = None
+    modseq: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class JournalEntry:
+    id: int
+    user: str
+    command: str
+    created: datetime
+    mailbox: str | None = None
+    message: str | None = None
+    uid: int | None = None
+    modseq: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """A keyset page request: stable while rows are added elsewhere.
+
+    ``after``/``before`` are sort keys (record ids) of the last item of the
+    previous page or the first item of the next one. ``descending`` reverses
+    the listing order (newest first).
+    """
+
+    limit: int
+    after: str | None = None
+    before: str | None = None
+    descending: bool = False
+
+
+@dataclass(slots=True)
+class Slice(Generic[T]):
+    """A page of records in display order.
+
+    ``more`` tells whether further records exist beyond the slice in the
+    direction of travel (after the last item for a forward page, before the
+    first one for a backward page).
+    """
+
+    items: list[T]
+    more: bool
+    total: int
+
+
+@dataclass(slots=True)
+class MailboxCounters:
+    total: int = 0
+    unseen: int = 0
+
+
+class Storage(abc.ABC):
+    """What the core needs from a database."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, create or migrate the schema and indexes."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; the instance cannot be used afterwards."""
+
+    # Users
+
+    @abc.abstractmethod
+    async def create_user(self, user: User, address: Address, mailboxes: list[Mailbox]) -> None:
+        """Store a new user with its main address and default mailboxes.
+
+        Raises DuplicateKeyError("username" | "address") and stores nothing
+        in that case.
+        """
+
+    @abc.abstractmethod
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    @abc.abstractmethod
+    async def find_user_by_username(self, username: str) -> User | None:
+        """Look a user up by username, case-insensitively."""
+
+    @abc.abstractmethod
+    async def list_users(self, query: str | None, page: PageQuery) -> Slice[User]:
+        """Users whose username contains ``query`` (case-insensitive)."""
+
+    @abc.abstractmethod
+    async def update_user(self, user_id: str, changes: dict[str, Any]) -> bool:
+        """Set the given User fields; False if the user does not exist."""
+
+    @abc.abstractmethod
+    async def claim_twofa_step(self, user_id: str, step: int) -> bool:
+        """Record TOTP time step ``step`` as used if it is newer than the last one.
+
+        Atomic compare-and-set: of two concurrent callers presenting the same
+        token, exactly one gets True. This is what makes a token single-use.
+        """
+
+    @abc.abstractmethod
+    async def recalculate_storage(self, user_id: str) -> int:
+        """Set storage used to the sum of the user's message sizes; return it."""
+
+    # Addresses
+
+    @abc.abstractmethod
+    async def add_address(self, address: Address) -> None:
+        """Raises DuplicateKeyError("address") if ``addrview`` is taken."""
+
+    @abc.abstractmethod
+    async def get_address(self, address_id: str) -> Address | None: ...
+
+    @abc.abstractmethod
+    async def find_address(self, addrview: str) -> Address | None: ...
+
+    @abc.abstractmethod
+    async def list_user_addresses(self, user_id: str) -> list[Address]: ...
+
+    @abc.abstractmethod
+    async def search_addresses(self, query: str | None, page: PageQuery) -> Slice[Address]:
+        """Addresses whose normalized form contains ``query``."""
+
+    @abc.abstractmethod
+    async def delete_address(self, user_id: str, address_id: str) -> bool: ...
+
+    # Application-specific passwords
+
+    @abc.abstractmethod
+    async def add_asp(self, asp: ApplicationPassword) -> None: ...
+
+    @abc.abstractmethod
+    async def list_asps(self, user_id: str) -> list[ApplicationPassword]: ...
+
+    @abc.abstractmethod
+    async def delete_asp(self, user_id: str, asp_id: str) -> bool: ...
+
+    # Authentication log
+
+    @abc.abstractmethod
+    async def add_authlog(self, entry: AuthLogEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def list_authlog(self, user_id: str, now: datetime, page: PageQuery) -> Slice[AuthLogEntry]:
+        """Entries of a user that have not expired at ``now``."""
+
+    @abc.abstractmethod
+    async def purge_authlog(self, now: datetime) -> int:
+        """Delete entries that expired before ``now``; return how many."""
+
+    # Failure counters for rate limiting
+
+    @abc.abstractmethod
+    async def increment_counter(self, key: str, expires: datetime) -> int:
+        """Atomically add one to the counter ``key``; return the new value."""
+
+    @abc.abstractmethod
+    async def get_counter(self, key: str, now: datetime) -> int:
+        """The counter's value, or 0 if it does not exist or has expired."""
+
+    @abc.abstractmethod
+    async def purge_counters(self, now: datetime) -> int: ...
+
+    # Mailboxes
+
+    @abc.abstractmethod
+    async def list_mailboxes(self, user_id: str) -> list[Mailbox]:
+        """All mailboxes of a user, ordered by path."""
+
+    @abc.abstractmethod
+    async def get_mailbox(self, user_id: str, mailbox_id: str) -> Mailbox | None: ...
+
+    @abc.abstractmethod
+    async def create_mailbox(self, mailbox: Mailbox, event: JournalEvent) -> None:
+        """Store a mailbox and journal its creation.
+
+        Raises DuplicateKeyError("path") if the user already has that path.
+        """
+
+    @abc.abstractmethod
+    async def rename_mailboxes(self, user_id: str, renames: list[tuple[str, str]], events: list[JournalEvent]) -> None:
+        """Apply (mailbox id, new path) pairs and journal them.
+
+        Raises DuplicateKeyError("path") if a new path is taken; on the
+        embedded backend nothing is changed in that case.
+        """
+
+    @abc.abstractmethod
+    async def update_mailbox(self, user_id: str, mailbox_id: str, changes: dict[str, Any]) -> bool:
+        """Set Mailbox fields that need no journal entry (retention, subscribed)."""
+
+    @abc.abstractmethod
+    async def delete_mailbox(self, user_id: str, mailbox_id: str, event: JournalEvent) -> int:
+        """Delete a mailbox and its messages and journal it.
+
+        Returns the number of bytes freed (already subtracted from the user's
+        storage used); -1 if the mailbox did not exist.
+        """
+
+    @abc.abstractmethod
+    async def mailbox_counters(self, user_id: str, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
+        """Total and unseen message counts for several mailboxes at once."""
+
+    # Journal
+
+    @abc.abstractmethod
+    async def read_journal(self, user_id: str, after: int, limit: int) -> list[JournalEntry]:
+        """Journal entries with id greater than ``after``, oldest first."""
