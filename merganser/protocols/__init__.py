@@ -1,0 +1,1 @@
+"""Mail protocol front ends (LMTP, then IMAP and POP3) over the same core."""

@@ -1,0 +1,83 @@
+"""Opaque cursors over keyset pages.
+
+A cursor names the edge record of a page and the direction to travel from it,
+so following ``next`` after rows were added elsewhere neither repeats nor skips
+rows. Cursors are URL-safe base64 of a tiny JSON document; clients must treat
+them as opaque.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from merganser.errors import ValidationError
+from merganser.resolvers.ids import check_id
+from merganser.resolvers.inputs import Paging
+from merganser.storage.base import PageQuery, Slice
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class PageResult(Generic[T]):
+    items: list[T]
+    total: int
+    page: int
+    next: str | None
+    previous: str | None
+
+
+def encode_cursor(direction: str, key: str) -> str:
+    raw = json.dumps({"d": direction, "k": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str, expected: str) -> str:
+    """Return the key of a cursor, refusing anything this module did not make."""
+    try:
+        document = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if document["d"] != expected:
+            raise ValueError(document["d"])
+        return check_id(document["k"], "cursor")
+    except (ValueError, KeyError, TypeError, binascii.Error, ValidationError, UnicodeDecodeError):
+        raise ValidationError("Invalid paging cursor") from None
+
+
+def page_query(paging: Paging, descending: bool = False) -> PageQuery:
+    if paging.next and paging.previous:
+        raise ValidationError("Give either next or previous, not both")
+    return PageQuery(
+        limit=paging.limit,
+        after=decode_cursor(paging.next, "next") if paging.next else None,
+        before=decode_cursor(paging.previous, "previous") if paging.previous else None,
+        descending=descending,
+    )
+
+
+async def paginate(
+    paging: Paging,
+    fetch: Callable[[PageQuery], Awaitable[Slice[T]]],
+    key: Callable[[T], str],
+    descending: bool = False,
+) -> PageResult[T]:
+    """Fetch one page and work out the cursors of its neighbours."""
+    query = page_query(paging, descending)
+    found = await fetch(query)
+    items = found.items
+    if query.before is not None:
+        has_previous, has_next = found.more, True
+    else:
+        has_previous, has_next = query.after is not None, found.more
+    next_cursor = previous_cursor = None
+    if has_next:
+        edge = key(items[-1]) if items else query.before
+        next_cursor = encode_cursor("next", edge) if edge else None
+    if has_previous:
+        edge = key(items[0]) if items else query.after
+        previous_cursor = encode_cursor("previous", edge) if edge else None
+    return PageResult(items, found.total, paging.page, next_cursor, previous_cursor)

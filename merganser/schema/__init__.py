@@ -1,0 +1,1 @@
+"""GraphQL types (Strawberry). Only types live here; every resolver calls merganser.resolvers."""
