@@ -1,0 +1,5 @@
+"""Allow ``python -m merganser``."""
+
+from merganser.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""Fixtures for the REST API: a real server on a loopback port and an HTTP client.
+
+``api`` runs on both storage backends (through ``storage_url``). ``make_api``
+builds one with changed settings, e.g. an access token or lower rate limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from merganser.app import create_app
+from merganser.config import Settings
+
+ApiFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def make_api(storage_url: str, aiohttp_client: Any) -> ApiFactory:
+    async def factory(**overrides: Any) -> TestClient:
+        settings = dataclasses.replace(Settings(storage=storage_url, bcrypt_rounds=4), **overrides)
+        return await aiohttp_client(create_app(settings))
+
+    return factory
+
+
+@pytest.fixture
+async def api(make_api: ApiFactory) -> TestClient:
+    return await make_api()
