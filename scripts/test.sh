@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run it.
+#
+# Python packages come from PyPI (the project with its "test" extra); FerretDB,
+# the MongoDB-wire server the MongoDB backend is tested against, is built with
+# Go by scripts/ferretdb.sh (once; later runs reuse the binary in .tools/).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k sqlite -x`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+scripts/ferretdb.sh >/dev/null
+exec python3 -m pytest "$@"
