@@ -1,0 +1,152 @@
+"""Shared fixtures.
+
+Storage
+    ``storage_url`` is parametrized over both backends, so every test that uses
+    it (directly or through ``storage``) runs once on SQLite and once on
+    MongoDB. The MongoDB side talks to a real server: FerretDB built by
+    ``scripts/ferretdb.sh`` and started once per session, or the server named
+    by ``MERGANSER_TEST_MONGODB_URL`` (e.g. ``mongodb://127.0.0.1:27017``).
+    Each test gets a fresh database that is dropped afterwards.
+
+Select one backend with ``-k sqlite`` or ``-k mongodb``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
+
+import pymongo
+import pytest
+
+from merganser.storage import Storage, storage_from_url
+
+REPO = Path(__file__).resolve().parent.parent
+MONGODB_URL_ENV = "MERGANSER_TEST_MONGODB_URL"
+FERRETDB_START_TIMEOUT = 20.0
+
+
+# Helpers
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def database_url(server_url: str, database: str) -> str:
+    """``server_url`` with its database path replaced by ``database`` (query kept)."""
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def _ferretdb_binary() -> str:
+    result = subprocess.run([str(REPO / "scripts" / "ferretdb.sh")], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"scripts/ferretdb.sh failed ({result.returncode}):\n{result.stderr[-4000:]}", pytrace=False)
+    return result.stdout.strip()
+
+
+# MongoDB server
+
+
+@pytest.fixture(scope="session")
+def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (``mongodb://HOST:PORT``) of a MongoDB-compatible server for the session."""
+    external = os.environ.get(MONGODB_URL_ENV)
+    if external:
+        yield external.rstrip("/")
+        return
+
+    binary = _ferretdb_binary()
+    workdir = tmp_path_factory.mktemp("ferretdb")
+    (workdir / "data").mkdir()
+    log_path = workdir / "ferretdb.log"
+    port = _free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                "--handler=sqlite",
+                f"--sqlite-url=file:{workdir / 'data'}/",
+                f"--listen-addr=127.0.0.1:{port}",
+                f"--state-dir={workdir}",
+                "--telemetry=disable",
+                "--debug-addr=-",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + FERRETDB_START_TIMEOUT
+        while not _accepts_connections(port):
+            if process.poll() is not None:
+                pytest.fail(f"FerretDB exited with {process.returncode} at start:\n{_tail(log_path)}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"FerretDB did not listen on port {port} within {FERRETDB_START_TIMEOUT:.0f} s:\n{_tail(log_path)}",
+                    pytrace=False,
+                )
+            time.sleep(0.1)
+        yield f"mongodb://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# Storage
+
+
+@pytest.fixture(params=["sqlite", "mongodb"], ids=["sqlite", "mongodb"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty store: a new SQLite file, or a new MongoDB database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/merganser.db"
+        return
+
+    server = request.getfixturevalue("ferretdb")
+    database = f"t_{uuid4().hex}"
+    yield database_url(server, database)
+    client: pymongo.MongoClient = pymongo.MongoClient(server, serverSelectionTimeoutMS=5000)
+    try:
+        client.drop_database(database)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def storage(storage_url: str) -> AsyncIterator[Storage]:
+    """An opened storage backend over an empty store."""
+    store = storage_from_url(storage_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
