@@ -18,15 +18,27 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from merganser.errors import ValidationError
 
 
+def _field_path(location: tuple[int | str, ...]) -> str:
+    """The field a pydantic error location names, without union member tags."""
+    path = [str(location[0])] if location else []
+    path += [str(part) for part in location[1:] if isinstance(part, int)]
+    return ".".join(path)
+
+
 def _error_text(error: pydantic.ValidationError) -> str:
-    parts = []
+    """One message per offending field; a failed custom check beats union noise."""
+    messages: dict[str, str] = {}
     for item in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in item["loc"])
-        message = item["msg"]
+        field = _field_path(item["loc"])
         if item["type"] == "extra_forbidden":
             message = "unknown field"
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
+        elif item["type"] == "value_error":
+            message = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
+        else:
+            message = item["msg"]
+        if field not in messages or item["type"] == "value_error":
+            messages[field] = message
+    return "; ".join(f"{field}: {message}" if field else message for field, message in messages.items())
 
 
 class Input(BaseModel):

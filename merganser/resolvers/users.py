@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 from yarl import URL
 
-from merganser.errors import AuthenticationError, ConflictError, NotFoundError
+from merganser.errors import AuthenticationError, ConflictError, NotFoundError, ValidationError
 from merganser.resolvers.context import Core
 from merganser.resolvers.ids import new_id
 from merganser.resolvers.inputs import IP, Count, Input, Paging, Password, Text
@@ -44,7 +44,10 @@ def _check_language(value: str) -> str:
 
 
 def _check_email(value: str) -> str:
-    return normalize_address(value).display
+    try:
+        return normalize_address(value).display
+    except ValidationError as error:
+        raise ValueError(error.message) from None
 
 
 def _check_url(value: str) -> str:
@@ -80,8 +83,8 @@ class UpdateUser(Input):
     name: Text | None = None
     password: NewPassword | None = None
     existingPassword: Password | None = None
-    forward: Email | Literal[""] | None = None
-    targetUrl: TargetUrl | Literal[""] | None = None
+    forward: Literal[""] | Email | None = None
+    targetUrl: Literal[""] | TargetUrl | None = None
     quota: Count | None = None
     retention: Retention | None = None
     language: Language | None = None
