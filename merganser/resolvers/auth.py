@@ -73,7 +73,15 @@ async def _match_asp(core: Core, user: User, password: str, scope: str) -> str |
 
 async def authenticate(core: Core, data: Authenticate) -> AuthResult:
     user = await _find_account(core, data.username)
-    await check_rate_limit(core, user.id if user else None, data.ip)
+    await check_rate_limit(
+        core,
+        user.id if user else None,
+        data.ip,
+        "authentication",
+        protocol=data.protocol,
+        scope=data.scope,
+        username=None if user else data.username,
+    )
     rounds = core.settings.bcrypt_rounds
     master_ok = await verify_password(data.password, user.password_hash if user else None, rounds)
     if user is None:

@@ -59,11 +59,14 @@ def _keys(core: Core, user_id: str | None, ip: str | None) -> list[tuple[str, in
     return keys
 
 
-async def check_rate_limit(core: Core, user_id: str | None, ip: str | None) -> None:
-    """Refuse the attempt if the user or the IP has failed too often lately."""
+async def check_rate_limit(
+    core: Core, user_id: str | None, ip: str | None, action: str, **details: str | None
+) -> None:
+    """Refuse (and log) the attempt if the user or the IP has failed too often lately."""
     now = datetime.now(UTC)
     for key, limit in _keys(core, user_id, ip):
         if await core.storage.get_counter(key, now) >= limit:
+            await log_event(core, user_id, action, "rate limited", ip, **details)
             subject = "account" if key.startswith("authfail:user:") else "address"
             raise RateLimitedError(
                 f"Too many failed authentication attempts for this {subject}; try again later",

@@ -73,7 +73,7 @@ async def setup(core: Core, user_id: str, data: SetupTwoFactor) -> str:
 
 async def _claim(core: Core, user: User, seed: str, token: str, action: str, ip: str | None) -> None:
     """Accept the token once, or count a failure and refuse it."""
-    await check_rate_limit(core, user.id, ip)
+    await check_rate_limit(core, user.id, ip, action)
     step = _matching_step(seed, token)
     if step is None or not await core.storage.claim_twofa_step(user.id, step):
         await count_failure(core, user.id, ip)

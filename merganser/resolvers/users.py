@@ -150,7 +150,7 @@ async def update_user(core: Core, user_id: str, data: UpdateUser) -> None:
     """Apply the given fields; with ``existingPassword`` only if it verifies."""
     user = await get_user(core, user_id)
     if data.existingPassword is not None:
-        await check_rate_limit(core, user.id, data.ip)
+        await check_rate_limit(core, user.id, data.ip, "password check")
         if not await verify_password(data.existingPassword, user.password_hash, core.settings.bcrypt_rounds):
             await count_failure(core, user.id, data.ip)
             await log_event(core, user.id, "password check", "fail", data.ip)
