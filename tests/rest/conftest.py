@@ -2,6 +2,8 @@
 
 ``api`` runs on both storage backends (through ``storage_url``). ``make_api``
 builds one with changed settings, e.g. an access token or lower rate limits.
+``transcript`` is the list of every response text a test received through
+``helpers.call`` (emptied before each test), for scanning replies for secrets.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import helpers
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -31,3 +34,9 @@ def make_api(storage_url: str, aiohttp_client: Any) -> ApiFactory:
 @pytest.fixture
 async def api(make_api: ApiFactory) -> TestClient:
     return await make_api()
+
+
+@pytest.fixture(autouse=True)
+def transcript() -> list[str]:
+    helpers.TRANSCRIPT.clear()
+    return helpers.TRANSCRIPT

@@ -1,0 +1,180 @@
+"""Small helpers shared by the REST API tests.
+
+Test modules in this directory import them as ``from helpers import ...``:
+``tests/`` has no ``__init__.py``, so pytest puts ``tests/rest`` on
+``sys.path`` when it collects the modules here.
+
+Every request goes through :func:`call`, which also enforces what must hold
+for *every* response of the API: never a 500, always a JSON body, and never a
+password hash in it. Each response text is kept in :data:`TRANSCRIPT` so that
+a test can scan everything the server said for a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp.test_utils import TestClient
+from multidict import CIMultiDictProxy
+
+from merganser.resolvers.context import Core
+from merganser.rest_compat.http import CORE
+
+PASSWORD = "secretpass"
+UNKNOWN_ID = "0123456789abcdef01234567"
+BCRYPT_MARKERS = ("$2b$", "$2a$", "$2y$")
+ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+OBJECT_ID = re.compile(r"[0-9a-f]{24}")
+
+# Texts of every response received through ``call`` (cleared per test by the
+# ``transcript`` fixture in conftest.py).
+TRANSCRIPT: list[str] = []
+
+_NO_BODY = object()
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    text: str
+    headers: CIMultiDictProxy[str]
+
+
+async def call(
+    api: TestClient,
+    method: str,
+    path: str,
+    json: Any = _NO_BODY,
+    *,
+    data: bytes | str | None = None,
+    params: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """Send one request and decode the JSON reply, checking the invariants."""
+    kwargs: dict[str, Any] = {"params": params, "headers": headers}
+    if json is not _NO_BODY:
+        kwargs["json"] = json
+    elif data is not None:
+        kwargs["data"] = data
+        kwargs["headers"] = {"Content-Type": "application/json", **(headers or {})}
+    async with api.request(method, path, **kwargs) as response:
+        text = await response.text()
+        status = response.status
+        content_type = response.content_type
+        reply_headers = response.headers
+    TRANSCRIPT.append(text)
+    assert status < 500, f"{method} {path} answered {status}: {text}"
+    assert content_type == "application/json", f"{method} {path}: {content_type} {text!r}"
+    for marker in BCRYPT_MARKERS:
+        assert marker not in text, f"{method} {path} leaked a password hash: {text}"
+    return Reply(status, orjson.loads(text), text, reply_headers)
+
+
+async def get(api: TestClient, path: str, **params: Any) -> Reply:
+    return await call(api, "GET", path, params=params or None)
+
+
+def assert_error(reply: Reply, status: int, code: str | None = None) -> None:
+    """A failure reply: the exact status, and exactly ``{"error", "code"}``."""
+    assert reply.status == status, reply.text
+    assert isinstance(reply.body, dict), reply.text
+    assert set(reply.body) == {"error", "code"}, reply.text
+    assert isinstance(reply.body["error"], str) and reply.body["error"], reply.text
+    assert isinstance(reply.body["code"], str) and reply.body["code"], reply.text
+    if code is not None:
+        assert reply.body["code"] == code, reply.text
+
+
+def assert_ok(reply: Reply) -> dict[str, Any]:
+    assert reply.status == 200, reply.text
+    assert reply.body.get("success") is True, reply.text
+    return reply.body
+
+
+def core(api: TestClient) -> Core:
+    """The server's core (storage and settings); for peeking at stored state only."""
+    return api.server.app[CORE]
+
+
+# Users
+
+
+async def create_user(api: TestClient, username: str = "testuser", password: str = PASSWORD, **fields: Any) -> str:
+    reply = await call(api, "POST", "/users", {"username": username, "password": password, **fields})
+    body = assert_ok(reply)
+    assert set(body) == {"success", "id"}, reply.text
+    assert OBJECT_ID.fullmatch(body["id"]), reply.text
+    return body["id"]
+
+
+async def get_user(api: TestClient, user_id: str) -> dict[str, Any]:
+    return assert_ok(await get(api, f"/users/{user_id}"))
+
+
+async def user_count(api: TestClient, query: str = "") -> int:
+    body = assert_ok(await get(api, "/users", query=query) if query else await get(api, "/users"))
+    return body["total"]
+
+
+async def authenticate(
+    api: TestClient, username: str, password: str = PASSWORD, scope: str | None = None, **fields: Any
+) -> Reply:
+    payload: dict[str, Any] = {"username": username, "password": password, **fields}
+    if scope is not None:
+        payload["scope"] = scope
+    return await call(api, "POST", "/authenticate", payload)
+
+
+async def authlog(api: TestClient, user_id: str, **params: Any) -> list[dict[str, Any]]:
+    return assert_ok(await get(api, f"/users/{user_id}/authlog", **params))["results"]
+
+
+# Paging
+
+
+async def follow(api: TestClient, first: str, direction: str = "next") -> list[dict[str, Any]]:
+    """Fetch ``first`` and keep following the ``direction`` link; return every page body."""
+    pages = [assert_ok(await call(api, "GET", first))]
+    while pages[-1][direction] is not False:
+        link = pages[-1][direction]
+        assert isinstance(link, str) and link.startswith("/"), link
+        pages.append(assert_ok(await call(api, "GET", link)))
+        assert len(pages) < 100, "paging does not end"
+    return pages
+
+
+def ids_of(pages: list[dict[str, Any]]) -> list[str]:
+    return [item["id"] for page in pages for item in page["results"]]
+
+
+# Mailboxes and addresses
+
+
+async def mailboxes(api: TestClient, user_id: str, **params: Any) -> dict[str, dict[str, Any]]:
+    """The user's mailboxes keyed by path."""
+    results = assert_ok(await get(api, f"/users/{user_id}/mailboxes", **params))["results"]
+    return {mailbox["path"]: mailbox for mailbox in results}
+
+
+async def create_mailbox(api: TestClient, user_id: str, path: str, **fields: Any) -> str:
+    body = assert_ok(await call(api, "POST", f"/users/{user_id}/mailboxes", {"path": path, **fields}))
+    assert OBJECT_ID.fullmatch(body["id"]), body
+    return body["id"]
+
+
+async def addresses(api: TestClient, user_id: str) -> list[dict[str, Any]]:
+    return assert_ok(await get(api, f"/users/{user_id}/addresses"))["results"]
+
+
+async def add_address(api: TestClient, user_id: str, address: str, **fields: Any) -> str:
+    body = assert_ok(await call(api, "POST", f"/users/{user_id}/addresses", {"address": address, **fields}))
+    assert set(body) == {"success", "id"}, body
+    return body["id"]
+
+
+async def create_asp(api: TestClient, user_id: str, description: str = "Mail app", **fields: Any) -> dict[str, Any]:
+    return assert_ok(await call(api, "POST", f"/users/{user_id}/asps", {"description": description, **fields}))
