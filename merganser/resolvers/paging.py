@@ -32,18 +32,30 @@ class PageResult(Generic[T]):
     previous: str | None
 
 
-def encode_cursor(direction: str, key: str) -> str:
+Key = str | int
+
+
+def encode_cursor(direction: str, key: Key) -> str:
     raw = json.dumps({"d": direction, "k": key}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def decode_cursor(cursor: str, expected: str) -> str:
+def _check_key(key: object) -> Key:
+    """Keys are record ids or non-negative integers such as UIDs."""
+    if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 2**63:
+        return key
+    if isinstance(key, str):
+        return check_id(key, "cursor")
+    raise ValueError(key)
+
+
+def decode_cursor(cursor: str, expected: str) -> Key:
     """Return the key of a cursor, refusing anything this module did not make."""
     try:
         document = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if document["d"] != expected:
             raise ValueError(document["d"])
-        return check_id(document["k"], "cursor")
+        return _check_key(document["k"])
     except (ValueError, KeyError, TypeError, binascii.Error, ValidationError, UnicodeDecodeError):
         raise ValidationError("Invalid paging cursor") from None
 
@@ -62,7 +74,7 @@ def page_query(paging: Paging, descending: bool = False) -> PageQuery:
 async def paginate(
     paging: Paging,
     fetch: Callable[[PageQuery], Awaitable[Slice[T]]],
-    key: Callable[[T], str],
+    key: Callable[[T], Key],
     descending: bool = False,
 ) -> PageResult[T]:
     """Fetch one page and work out the cursors of its neighbours."""

@@ -28,6 +28,10 @@ class DuplicateKeyError(Exception):
         self.key = key
 
 
+class OverQuotaError(Exception):
+    """Storing a message would take the user past the quota it was stored under."""
+
+
 @dataclass(slots=True)
 class User:
     id: str
@@ -107,29 +111,66 @@ class Mailbox:
 
 @dataclass(slots=True)
 class Message:
-    """One stored message. The raw bytes live with it so that they are exact."""
+    """One stored message; its raw bytes are kept apart and exactly as received.
+
+    ``summary`` holds what listings show (from, subject, date, intro, …) so a
+    listing never has to parse a message. ``msgid`` and ``subject_key`` are
+    what threading looks messages up by.
+    """
 
     id: str
     user: str
     mailbox: str
     uid: int
+    modseq: int
     thread: str
     size: int
     idate: datetime
-    flags: list[str] = field(default_factory=list)
+    flags: list[str]
+    summary: dict[str, Any]
+    msgid: str | None = None
+    subject_key: str = ""
     expires: datetime | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seen(self) -> bool:
+        return "\\Seen" in self.flags
+
+
+@dataclass(frozen=True, slots=True)
+class SearchText:
+    """What a message is found by: plain text per field, and its word tokens.
+
+    Backends with a fulltext engine index the text; others store ``terms``.
+    """
+
+    subject: str
+    contacts: str
+    body: str
+    terms: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """Messages of a user containing every term, optionally within one mailbox."""
+
+    terms: list[str]
+    mailbox: str | None = None
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class JournalEvent:
-    """A change to append to a user's journal; storage assigns its id."""
+    """A change to append to a user's journal.
+
+    Storage assigns its id; for a message event that id is also the
+    message's new modseq, so modseqs grow with the journal.
+    """
 
     command: str
     mailbox: str | None = None
     message: str | None = None
     uid: int | None = None
-    modseq: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,14 +191,15 @@ class JournalEntry:
 class PageQuery:
     """A keyset page request: stable while rows are added elsewhere.
 
-    ``after``/``before`` are sort keys (record ids) of the last item of the
-    previous page or the first item of the next one. ``descending`` reverses
+    ``after``/``before`` are sort keys (record ids, or UIDs for messages in a
+    mailbox) of the last item of the previous page or the first item of the
+    next one. ``descending`` reverses
     the listing order (newest first).
     """
 
     limit: int
-    after: str | None = None
-    before: str | None = None
+    after: str | int | None = None
+    before: str | int | None = None
     descending: bool = False
 
 
@@ -327,6 +369,74 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def mailbox_counters(self, user_id: str, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
         """Total and unseen message counts for several mailboxes at once."""
+
+    # Messages
+
+    @abc.abstractmethod
+    async def add_message(self, message: Message, raw: bytes, search: SearchText, quota: int | None) -> Message | None:
+        """Store a message under the next UID of its mailbox and journal it.
+
+        ``message.uid`` and ``message.modseq`` are ignored: the UID is
+        allocated here (strictly increasing per mailbox, never reused, also
+        under concurrency) and the modseq is the id of the EXISTS journal
+        entry written with it. The mailbox's ``uid_next``, ``modify_index``
+        and counters and the user's storage used move with it. With ``quota``
+        set, raises OverQuotaError and stores nothing if storage used plus the
+        message size would exceed it. Returns the stored message, or None if
+        the mailbox no longer exists.
+        """
+
+    @abc.abstractmethod
+    async def get_message(self, user_id: str, message_id: str) -> Message | None: ...
+
+    @abc.abstractmethod
+    async def get_message_source(self, user_id: str, message_id: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def list_messages(self, user_id: str, mailbox_id: str, page: PageQuery) -> Slice[Message]:
+        """Messages of a mailbox in UID order; the page keys are UIDs (ints).
+
+        Costs must not grow with the mailbox: pages are found through the
+        (mailbox, uid) index and ``total`` comes from the mailbox's counter.
+        """
+
+    @abc.abstractmethod
+    async def search_messages(self, user_id: str, query: SearchQuery, page: PageQuery) -> Slice[Message]:
+        """Messages matching every term, newest first; the page keys are message ids."""
+
+    @abc.abstractmethod
+    async def find_thread(self, user_id: str, msgids: list[str], subject_key: str, since: datetime) -> str | None:
+        """The thread of the user's message whose Message-ID is one of ``msgids``,
+        else of the newest message with ``subject_key`` received at or after
+        ``since`` (only if ``subject_key`` is not empty), else None."""
+
+    @abc.abstractmethod
+    async def update_message(self, user_id: str, message_id: str, changes: dict[str, Any]) -> Message | None:
+        """Set ``flags`` and/or ``expires`` (None clears it).
+
+        A change of flags is journaled as FETCH with a new modseq and moves
+        the mailbox's modify index and unseen counter. Returns the updated
+        message, or None if it does not exist.
+        """
+
+    @abc.abstractmethod
+    async def move_message(
+        self, user_id: str, message_id: str, target_mailbox_id: str, expires: datetime | None
+    ) -> Message | None:
+        """Move a message: it gets the next UID of the target and leaves the source.
+
+        Journaled as EXPUNGE in the source and EXISTS in the target; counters
+        of both mailboxes follow; ``expires`` replaces the old value. Returns
+        the moved message, or None if the message or the target is gone.
+        """
+
+    @abc.abstractmethod
+    async def delete_messages(self, user_id: str, message_ids: list[str]) -> int:
+        """Delete messages, journaling EXPUNGE for each; return the bytes freed."""
+
+    @abc.abstractmethod
+    async def expired_messages(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        """(user id, message id) of up to ``limit`` messages whose ``expires`` has passed."""
 
     # Journal
 

@@ -1,12 +1,15 @@
 """The embedded backend: one SQLite file in WAL mode, through aiosqlite.
 
-Two connections are kept. The writer runs every change inside an explicit
-``BEGIN IMMEDIATE`` transaction guarded by an asyncio lock: the lock keeps
-coroutines of this process from interleaving statements on the shared
-connection, and the immediate transaction keeps other processes using the same
-file out while counters are read and bumped. The reader serves queries without
-waiting for writes, which WAL allows. ``synchronous=FULL`` makes a commit
-durable before it is acknowledged.
+Two connections are kept. Every change goes through one writer task that
+commits in groups: changes queued while a commit is under way are applied
+together in the next ``BEGIN IMMEDIATE`` transaction, each inside its own
+savepoint so that one failing change does not undo the others. A commit with
+``synchronous=FULL`` is durable before any change in it is acknowledged, and
+grouping spreads the cost of that disk flush over many concurrent writers
+(deliveries over several LMTP connections, say). The immediate transaction
+also keeps other processes using the same file out while counters are read and
+bumped, so allocation stays atomic across processes. The reader serves queries
+without waiting for writes, which WAL allows.
 
 Times are stored as integer milliseconds since the epoch so that they sort and
 compare in SQL; JSON columns hold lists and small documents.
@@ -15,13 +18,13 @@ compare in SQL; JSON columns hold lists and small documents.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -34,11 +37,18 @@ from merganser.storage.base import (
     JournalEvent,
     Mailbox,
     MailboxCounters,
+    Message,
+    OverQuotaError,
     PageQuery,
+    SearchQuery,
+    SearchText,
     Slice,
     Storage,
     User,
 )
+
+T = TypeVar("T")
+Work = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -115,23 +125,39 @@ MIGRATIONS: tuple[str, ...] = (
         uid_next INTEGER NOT NULL,
         modify_index INTEGER NOT NULL,
         created INTEGER NOT NULL,
+        total INTEGER NOT NULL DEFAULT 0,
+        unseen INTEGER NOT NULL DEFAULT 0,
         UNIQUE (user, path)
     );
     CREATE TABLE messages (
-        id TEXT PRIMARY KEY,
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
         user TEXT NOT NULL,
         mailbox TEXT NOT NULL,
         uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
         thread TEXT NOT NULL,
+        msgid TEXT,
+        subject_key TEXT NOT NULL,
         size INTEGER NOT NULL,
         idate INTEGER NOT NULL,
         flags TEXT NOT NULL,
         seen INTEGER NOT NULL,
         expires INTEGER,
-        meta TEXT NOT NULL,
+        summary TEXT NOT NULL,
         UNIQUE (mailbox, uid)
     );
-    CREATE INDEX messages_user ON messages (user, mailbox);
+    CREATE INDEX messages_user ON messages (user, id);
+    CREATE INDEX messages_msgid ON messages (user, msgid) WHERE msgid IS NOT NULL;
+    CREATE INDEX messages_subject ON messages (user, subject_key, idate);
+    CREATE INDEX messages_expires ON messages (expires) WHERE expires IS NOT NULL;
+    CREATE TABLE message_sources (
+        seq INTEGER PRIMARY KEY,
+        raw BLOB NOT NULL
+    );
+    CREATE VIRTUAL TABLE message_search USING fts5 (
+        subject, contacts, body, tokenize = 'unicode61 remove_diacritics 2'
+    );
     CREATE TABLE journal (
         user TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -166,6 +192,7 @@ USER_COLUMNS = (
     "twofa_pending_seed, twofa_last_step, created"
 )
 MAILBOX_COLUMNS = "id, user, path, special_use, subscribed, retention, uid_validity, uid_next, modify_index, created"
+MAILBOX_INSERT = f"INSERT INTO mailboxes ({MAILBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 BOOLEAN_USER_FIELDS = frozenset({"disabled", "activated", "twofa_enabled"})
 WRITABLE_USER_FIELDS = frozenset(USER_COLUMNS.replace(" ", "").split(",")) - {"id", "created"}
 WRITABLE_MAILBOX_FIELDS = frozenset({"retention", "subscribed"})
@@ -203,6 +230,23 @@ def _mailbox(row: aiosqlite.Row) -> Mailbox:
     return Mailbox(**values)
 
 
+MESSAGE_COLUMNS = "id, user, mailbox, uid, modseq, thread, size, idate, flags, summary, msgid, subject_key, expires"
+
+
+def _message(row: aiosqlite.Row) -> Message:
+    values = dict(row)
+    values["idate"] = _dt(values["idate"])
+    values["flags"] = json.loads(values["flags"])
+    values["summary"] = json.loads(values["summary"])
+    values["expires"] = _dt(values["expires"]) if values["expires"] is not None else None
+    return Message(**values)
+
+
+def _fts_query(terms: list[str]) -> str:
+    """An FTS5 query matching every term as a phrase (terms are word tokens)."""
+    return " ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
 def _journal(row: aiosqlite.Row) -> JournalEntry:
     return JournalEntry(
         id=row["seq"],
@@ -229,6 +273,10 @@ def _duplicate_key(error: aiosqlite.IntegrityError) -> DuplicateKeyError:
     raise error
 
 
+class _MailboxGone(Exception):
+    """Raised inside a write to undo it when its mailbox was deleted meanwhile."""
+
+
 class SQLiteStorage(Storage):
     """Storage in a single SQLite database file."""
 
@@ -236,7 +284,8 @@ class SQLiteStorage(Storage):
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._pending: list[tuple[Work[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +299,6 @@ class SQLiteStorage(Storage):
         await db.execute("PRAGMA busy_timeout = 10000")
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = FULL")
-        await db.execute("PRAGMA foreign_keys = ON")
         return db
 
     @staticmethod
@@ -269,6 +317,8 @@ class SQLiteStorage(Storage):
             raise
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
         for db in (self._reader, self._writer):
             if db is not None:
                 await db.close()
@@ -279,41 +329,105 @@ class SQLiteStorage(Storage):
         assert self._reader is not None, "storage is not open"
         return self._reader
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Run the block as one atomic, durable write transaction."""
+    # Group commit
+
+    async def _write(self, work: Work[T]) -> T:
+        """Run ``work`` in the next group transaction; return once it is durable."""
         assert self._writer is not None, "storage is not open"
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((work, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        """Commit queued work in groups until the queue is empty."""
+        while self._pending:
+            batch = [(work, future) for work, future in self._pending if not future.cancelled()]
+            self._pending = []
+            if batch:
+                await self._commit_group(batch)
+
+    async def _commit_group(self, batch: list[tuple[Work[Any], asyncio.Future[Any]]]) -> None:
+        assert self._writer is not None
         db = self._writer
-        async with self._lock:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
             await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+            for work, future in batch:
+                outcomes.append((future, *await self._apply(db, work, savepoint=len(batch) > 1)))
             await db.execute("COMMIT")
+        except Exception as error:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            outcomes = [(future, None, error) for _, future in batch]
+        for future, result, error in outcomes:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    @staticmethod
+    async def _apply(db: aiosqlite.Connection, work: Work[Any], savepoint: bool) -> tuple[Any, BaseException | None]:
+        """Run one piece of work; in a group, undo just that piece if it fails."""
+        if not savepoint:
+            result = await work(db)
+            return result, None
+        await db.execute("SAVEPOINT work")
+        try:
+            result = await work(db)
+        except Exception as error:
+            await db.execute("ROLLBACK TO work")
+            await db.execute("RELEASE work")
+            return None, error
+        await db.execute("RELEASE work")
+        return result, None
+
+    async def _execute(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> int:
+        """A single-statement write; returns the number of rows it changed."""
+
+        async def work(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(sql, params)
+            return cursor.rowcount
+
+        return await self._write(work)
+
+    # Reading helpers
 
     async def _one(self, sql: str, params: Sequence[Any]) -> aiosqlite.Row | None:
         rows = await self._read.execute_fetchall(sql, params)
         return next(iter(rows), None)
 
     async def _page(
-        self, table: str, columns: str, where: str, params: Sequence[Any], page: PageQuery
+        self,
+        sql: str,
+        params: Sequence[Any],
+        page: PageQuery,
+        key: str = "id",
+        total: int | None = None,
+        count_sql: str | None = None,
     ) -> tuple[list[aiosqlite.Row], bool, int]:
-        """Keyset paging by id shared by every paged listing."""
-        ((total,),) = await self._read.execute_fetchall(f"SELECT COUNT(*) FROM {table} WHERE {where}", params)
+        """Keyset paging shared by every paged listing.
+
+        ``sql`` is a SELECT ending in its WHERE clause; the key condition,
+        order and limit are appended here. ``total`` is counted with
+        ``count_sql`` unless the caller already knows it.
+        """
+        if total is None:
+            ((total,),) = await self._read.execute_fetchall(count_sql or "", params)
         backward = page.before is not None
-        key = page.before if backward else page.after
+        edge = page.before if backward else page.after
         ascending = page.descending == backward
         op, order = (">", "ASC") if ascending else ("<", "DESC")
-        condition, values = where, list(params)
-        if key is not None:
-            condition += f" AND id {op} ?"
-            values.append(key)
+        condition, values = "", list(params)
+        if edge is not None:
+            condition = f" AND {key} {op} ?"
+            values.append(edge)
         rows = list(
             await self._read.execute_fetchall(
-                f"SELECT {columns} FROM {table} WHERE {condition} ORDER BY id {order} LIMIT ?",
-                [*values, page.limit + 1],
+                f"{sql}{condition} ORDER BY {key} {order} LIMIT ?", [*values, page.limit + 1]
             )
         )
         more = len(rows) > page.limit
@@ -322,20 +436,29 @@ class SQLiteStorage(Storage):
             rows.reverse()
         return rows, more, total
 
+    async def _listing(
+        self, table: str, columns: str, where: str, params: Sequence[Any], page: PageQuery
+    ) -> tuple[list[aiosqlite.Row], bool, int]:
+        return await self._page(
+            f"SELECT {columns} FROM {table} WHERE {where}",
+            params,
+            page,
+            count_sql=f"SELECT COUNT(*) FROM {table} WHERE {where}",
+        )
+
     # Users
 
     async def create_user(self, user: User, address: Address, mailboxes: list[Mailbox]) -> None:
+        async def work(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                f"INSERT INTO users ({USER_COLUMNS}, unameview) VALUES ({', '.join('?' * 21)})",
+                [*self._user_values(user), user.username.lower()],
+            )
+            await self._insert_address(db, address)
+            await db.executemany(MAILBOX_INSERT, [self._mailbox_values(mailbox) for mailbox in mailboxes])
+
         try:
-            async with self._transaction() as db:
-                await db.execute(
-                    f"INSERT INTO users ({USER_COLUMNS}, unameview) VALUES ({', '.join('?' * 21)})",
-                    [*self._user_values(user), user.username.lower()],
-                )
-                await self._insert_address(db, address)
-                await db.executemany(
-                    f"INSERT INTO mailboxes ({MAILBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [self._mailbox_values(mailbox) for mailbox in mailboxes],
-                )
+            await self._write(work)
         except aiosqlite.IntegrityError as error:
             raise _duplicate_key(error) from None
 
@@ -374,7 +497,7 @@ class SQLiteStorage(Storage):
 
     async def list_users(self, query: str | None, page: PageQuery) -> Slice[User]:
         where, params = ("instr(unameview, ?) > 0", [query.lower()]) if query else ("1", [])
-        rows, more, total = await self._page("users", USER_COLUMNS, where, params, page)
+        rows, more, total = await self._listing("users", USER_COLUMNS, where, params, page)
         return Slice([_user(row) for row in rows], more, total)
 
     async def update_user(self, user_id: str, changes: dict[str, Any]) -> bool:
@@ -386,27 +509,27 @@ class SQLiteStorage(Storage):
             values["unameview"] = values["username"].lower()
         assignments = ", ".join(f"{name} = ?" for name in values)
         try:
-            async with self._transaction() as db:
-                cursor = await db.execute(f"UPDATE users SET {assignments} WHERE id = ?", [*values.values(), user_id])
-                return cursor.rowcount > 0
+            changed = await self._execute(f"UPDATE users SET {assignments} WHERE id = ?", [*values.values(), user_id])
         except aiosqlite.IntegrityError as error:
             raise _duplicate_key(error) from None
+        return changed > 0
 
     async def claim_twofa_step(self, user_id: str, step: int) -> bool:
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "UPDATE users SET twofa_last_step = ? WHERE id = ? AND twofa_last_step < ?", [step, user_id, step]
-            )
-            return cursor.rowcount > 0
+        changed = await self._execute(
+            "UPDATE users SET twofa_last_step = ? WHERE id = ? AND twofa_last_step < ?", [step, user_id, step]
+        )
+        return changed > 0
 
     async def recalculate_storage(self, user_id: str) -> int:
-        async with self._transaction() as db:
+        async def work(db: aiosqlite.Connection) -> int:
             rows = await db.execute_fetchall(
                 "UPDATE users SET storage_used = (SELECT COALESCE(SUM(size), 0) FROM messages WHERE user = ?) "
                 "WHERE id = ? RETURNING storage_used",
                 [user_id, user_id],
             )
-        return next((row[0] for row in rows), 0)
+            return next((row[0] for row in rows), 0)
+
+        return await self._write(work)
 
     # Addresses
 
@@ -419,8 +542,7 @@ class SQLiteStorage(Storage):
 
     async def add_address(self, address: Address) -> None:
         try:
-            async with self._transaction() as db:
-                await self._insert_address(db, address)
+            await self._write(lambda db: self._insert_address(db, address))
         except aiosqlite.IntegrityError as error:
             raise _duplicate_key(error) from None
 
@@ -438,67 +560,59 @@ class SQLiteStorage(Storage):
 
     async def search_addresses(self, query: str | None, page: PageQuery) -> Slice[Address]:
         where, params = ("instr(addrview, ?) > 0", [query.lower()]) if query else ("1", [])
-        rows, more, total = await self._page("addresses", "*", where, params, page)
+        rows, more, total = await self._listing("addresses", "*", where, params, page)
         return Slice([_address(row) for row in rows], more, total)
 
     async def delete_address(self, user_id: str, address_id: str) -> bool:
-        async with self._transaction() as db:
-            cursor = await db.execute("DELETE FROM addresses WHERE id = ? AND user = ?", [address_id, user_id])
-            return cursor.rowcount > 0
+        return await self._execute("DELETE FROM addresses WHERE id = ? AND user = ?", [address_id, user_id]) > 0
 
     # Application-specific passwords
 
     async def add_asp(self, asp: ApplicationPassword) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO asps (id, user, description, scopes, password_hash, created) VALUES (?, ?, ?, ?, ?, ?)",
-                [asp.id, asp.user, asp.description, json.dumps(asp.scopes), asp.password_hash, _ms(asp.created)],
-            )
+        await self._execute(
+            "INSERT INTO asps (id, user, description, scopes, password_hash, created) VALUES (?, ?, ?, ?, ?, ?)",
+            [asp.id, asp.user, asp.description, json.dumps(asp.scopes), asp.password_hash, _ms(asp.created)],
+        )
 
     async def list_asps(self, user_id: str) -> list[ApplicationPassword]:
         rows = await self._read.execute_fetchall("SELECT * FROM asps WHERE user = ? ORDER BY id", [user_id])
         return [_asp(row) for row in rows]
 
     async def delete_asp(self, user_id: str, asp_id: str) -> bool:
-        async with self._transaction() as db:
-            cursor = await db.execute("DELETE FROM asps WHERE id = ? AND user = ?", [asp_id, user_id])
-            return cursor.rowcount > 0
+        return await self._execute("DELETE FROM asps WHERE id = ? AND user = ?", [asp_id, user_id]) > 0
 
     # Authentication log
 
     async def add_authlog(self, entry: AuthLogEntry) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO authlog (id, user, action, result, ip, protocol, scope, asp, username, created, expires) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    entry.id,
-                    entry.user,
-                    entry.action,
-                    entry.result,
-                    entry.ip,
-                    entry.protocol,
-                    entry.scope,
-                    entry.asp,
-                    entry.username,
-                    _ms(entry.created),
-                    _ms(entry.expires),
-                ],
-            )
+        await self._execute(
+            "INSERT INTO authlog (id, user, action, result, ip, protocol, scope, asp, username, created, expires) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                entry.id,
+                entry.user,
+                entry.action,
+                entry.result,
+                entry.ip,
+                entry.protocol,
+                entry.scope,
+                entry.asp,
+                entry.username,
+                _ms(entry.created),
+                _ms(entry.expires),
+            ],
+        )
 
     async def list_authlog(self, user_id: str, now: datetime, page: PageQuery) -> Slice[AuthLogEntry]:
-        rows, more, total = await self._page("authlog", "*", "user = ? AND expires > ?", [user_id, _ms(now)], page)
+        rows, more, total = await self._listing("authlog", "*", "user = ? AND expires > ?", [user_id, _ms(now)], page)
         return Slice([_authlog(row) for row in rows], more, total)
 
     async def purge_authlog(self, now: datetime) -> int:
-        async with self._transaction() as db:
-            cursor = await db.execute("DELETE FROM authlog WHERE expires <= ?", [_ms(now)])
-            return cursor.rowcount
+        return await self._execute("DELETE FROM authlog WHERE expires <= ?", [_ms(now)])
 
     # Failure counters
 
     async def increment_counter(self, key: str, expires: datetime) -> int:
-        async with self._transaction() as db:
+        async def work(db: aiosqlite.Connection) -> int:
             rows = await db.execute_fetchall(
                 "INSERT INTO counters (key, value, expires) VALUES (:key, 1, :expires) "
                 "ON CONFLICT (key) DO UPDATE SET "
@@ -507,16 +621,60 @@ class SQLiteStorage(Storage):
                 "RETURNING value",
                 {"key": key, "expires": _ms(expires), "now": _now_ms()},
             )
-        return rows[0][0]
+            return rows[0][0]
+
+        return await self._write(work)
 
     async def get_counter(self, key: str, now: datetime) -> int:
         row = await self._one("SELECT value FROM counters WHERE key = ? AND expires > ?", [key, _ms(now)])
         return row[0] if row else 0
 
     async def purge_counters(self, now: datetime) -> int:
-        async with self._transaction() as db:
-            cursor = await db.execute("DELETE FROM counters WHERE expires <= ?", [_ms(now)])
-            return cursor.rowcount
+        return await self._execute("DELETE FROM counters WHERE expires <= ?", [_ms(now)])
+
+    # Journal
+
+    @staticmethod
+    async def _journal_ids(db: aiosqlite.Connection, user_id: str, count: int) -> list[int]:
+        """Allocate ``count`` consecutive journal ids of a user."""
+        rows = await db.execute_fetchall(
+            "UPDATE users SET journal_seq = journal_seq + ? WHERE id = ? RETURNING journal_seq", [count, user_id]
+        )
+        last = rows[0][0]
+        return list(range(last - count + 1, last + 1))
+
+    @classmethod
+    async def _journal(cls, db: aiosqlite.Connection, user_id: str, events: list[JournalEvent]) -> list[int]:
+        """Append events inside the caller's transaction; return their ids."""
+        if not events:
+            return []
+        ids = await cls._journal_ids(db, user_id, len(events))
+        now = _now_ms()
+        await db.executemany(
+            "INSERT INTO journal (user, seq, command, mailbox, message, uid, modseq, data, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    user_id,
+                    seq,
+                    event.command,
+                    event.mailbox,
+                    event.message,
+                    event.uid,
+                    seq if event.message else None,
+                    json.dumps(event.data),
+                    now,
+                )
+                for seq, event in zip(ids, events, strict=True)
+            ],
+        )
+        return ids
+
+    async def read_journal(self, user_id: str, after: int, limit: int) -> list[JournalEntry]:
+        rows = await self._read.execute_fetchall(
+            "SELECT * FROM journal WHERE user = ? AND seq > ? ORDER BY seq LIMIT ?", [user_id, after, limit]
+        )
+        return [_journal(row) for row in rows]
 
     # Mailboxes
 
@@ -547,55 +705,32 @@ class SQLiteStorage(Storage):
         )
         return _mailbox(row) if row else None
 
-    @staticmethod
-    async def _append_journal(db: aiosqlite.Connection, user_id: str, events: Iterable[JournalEvent]) -> None:
-        """Append events with ids from the user's counter, inside the caller's transaction."""
-        now = _now_ms()
-        for event in events:
-            rows = await db.execute_fetchall(
-                "UPDATE users SET journal_seq = journal_seq + 1 WHERE id = ? RETURNING journal_seq", [user_id]
-            )
-            await db.execute(
-                "INSERT INTO journal (user, seq, command, mailbox, message, uid, modseq, data, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    user_id,
-                    rows[0][0],
-                    event.command,
-                    event.mailbox,
-                    event.message,
-                    event.uid,
-                    event.modseq,
-                    json.dumps(event.data),
-                    now,
-                ],
-            )
-
     async def create_mailbox(self, mailbox: Mailbox, event: JournalEvent) -> None:
+        async def work(db: aiosqlite.Connection) -> None:
+            await db.execute(MAILBOX_INSERT, self._mailbox_values(mailbox))
+            await self._journal(db, mailbox.user, [event])
+
         try:
-            async with self._transaction() as db:
-                await db.execute(
-                    f"INSERT INTO mailboxes ({MAILBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    self._mailbox_values(mailbox),
-                )
-                await self._append_journal(db, mailbox.user, [event])
+            await self._write(work)
         except aiosqlite.IntegrityError as error:
             raise _duplicate_key(error) from None
 
     async def rename_mailboxes(self, user_id: str, renames: list[tuple[str, str]], events: list[JournalEvent]) -> None:
+        async def work(db: aiosqlite.Connection) -> None:
+            # Park every renamed mailbox on a path no client can create first, so
+            # that swapping names within one call cannot trip the unique index.
+            await db.executemany(
+                "UPDATE mailboxes SET path = char(0) || id WHERE id = ? AND user = ?",
+                [(mailbox_id, user_id) for mailbox_id, _ in renames],
+            )
+            await db.executemany(
+                "UPDATE mailboxes SET path = ? WHERE id = ? AND user = ?",
+                [(path, mailbox_id, user_id) for mailbox_id, path in renames],
+            )
+            await self._journal(db, user_id, events)
+
         try:
-            async with self._transaction() as db:
-                # Park every renamed mailbox on a path no client can create first, so
-                # that swapping names within one call cannot trip the unique index.
-                await db.executemany(
-                    "UPDATE mailboxes SET path = char(0) || id WHERE id = ? AND user = ?",
-                    [(mailbox_id, user_id) for mailbox_id, _ in renames],
-                )
-                await db.executemany(
-                    "UPDATE mailboxes SET path = ? WHERE id = ? AND user = ?",
-                    [(path, mailbox_id, user_id) for mailbox_id, path in renames],
-                )
-                await self._append_journal(db, user_id, events)
+            await self._write(work)
         except aiosqlite.IntegrityError as error:
             raise _duplicate_key(error) from None
 
@@ -605,43 +740,301 @@ class SQLiteStorage(Storage):
             raise ValueError(f"not writable mailbox fields: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in changes)
         values = [int(value) if isinstance(value, bool) else value for value in changes.values()]
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                f"UPDATE mailboxes SET {assignments} WHERE id = ? AND user = ?", [*values, mailbox_id, user_id]
-            )
-            return cursor.rowcount > 0
+        changed = await self._execute(
+            f"UPDATE mailboxes SET {assignments} WHERE id = ? AND user = ?", [*values, mailbox_id, user_id]
+        )
+        return changed > 0
 
     async def delete_mailbox(self, user_id: str, mailbox_id: str, event: JournalEvent) -> int:
-        async with self._transaction() as db:
+        async def work(db: aiosqlite.Connection) -> int:
             cursor = await db.execute("DELETE FROM mailboxes WHERE id = ? AND user = ?", [mailbox_id, user_id])
             if cursor.rowcount == 0:
                 return -1
             rows = await db.execute_fetchall(
-                "DELETE FROM messages WHERE mailbox = ? AND user = ? RETURNING size", [mailbox_id, user_id]
+                "DELETE FROM messages WHERE mailbox = ? AND user = ? RETURNING seq, size", [mailbox_id, user_id]
             )
-            freed = sum(row[0] for row in rows)
-            if freed:
-                await db.execute("UPDATE users SET storage_used = storage_used - ? WHERE id = ?", [freed, user_id])
-            await self._append_journal(db, user_id, [event])
-        return freed
+            freed = await self._forget(db, user_id, rows)
+            await self._journal(db, user_id, [event])
+            return freed
+
+        return await self._write(work)
 
     async def mailbox_counters(self, user_id: str, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
         counters = {mailbox_id: MailboxCounters() for mailbox_id in mailbox_ids}
         if not mailbox_ids:
             return counters
         rows = await self._read.execute_fetchall(
-            "SELECT mailbox, COUNT(*), COUNT(*) - SUM(seen) FROM messages "
-            f"WHERE user = ? AND mailbox IN ({', '.join('?' * len(mailbox_ids))}) GROUP BY mailbox",
+            f"SELECT id, total, unseen FROM mailboxes WHERE user = ? AND id IN ({', '.join('?' * len(mailbox_ids))})",
             [user_id, *mailbox_ids],
         )
         for mailbox_id, total, unseen in rows:
             counters[mailbox_id] = MailboxCounters(total, unseen)
         return counters
 
-    # Journal
+    # Messages
 
-    async def read_journal(self, user_id: str, after: int, limit: int) -> list[JournalEntry]:
-        rows = await self._read.execute_fetchall(
-            "SELECT * FROM journal WHERE user = ? AND seq > ? ORDER BY seq LIMIT ?", [user_id, after, limit]
+    @staticmethod
+    async def _take_uid(db: aiosqlite.Connection, user_id: str, mailbox_id: str, seen: bool) -> int:
+        """Allocate the next UID of a mailbox and count the message in it."""
+        rows = await db.execute_fetchall(
+            "UPDATE mailboxes SET uid_next = uid_next + 1, total = total + 1, unseen = unseen + ? "
+            "WHERE id = ? AND user = ? RETURNING uid_next - 1",
+            [int(not seen), mailbox_id, user_id],
         )
-        return [_journal(row) for row in rows]
+        if not rows:
+            raise _MailboxGone
+        return rows[0][0]
+
+    @staticmethod
+    async def _forget(db: aiosqlite.Connection, user_id: str, rows: Sequence[aiosqlite.Row]) -> int:
+        """Drop the sources and search entries of deleted messages and free their bytes."""
+        seqs = [(row["seq"],) for row in rows]
+        await db.executemany("DELETE FROM message_sources WHERE seq = ?", seqs)
+        await db.executemany("DELETE FROM message_search WHERE rowid = ?", seqs)
+        freed = sum(row["size"] for row in rows)
+        if freed:
+            await db.execute("UPDATE users SET storage_used = storage_used - ? WHERE id = ?", [freed, user_id])
+        return freed
+
+    async def add_message(self, message: Message, raw: bytes, search: SearchText, quota: int | None) -> Message | None:
+        async def work(db: aiosqlite.Connection) -> Message:
+            charge = "UPDATE users SET storage_used = storage_used + :size WHERE id = :user"
+            if quota is not None:
+                charge += " AND storage_used + :size <= :quota"
+            cursor = await db.execute(charge, {"size": message.size, "user": message.user, "quota": quota})
+            if cursor.rowcount == 0:
+                raise OverQuotaError
+            uid = await self._take_uid(db, message.user, message.mailbox, message.seen)
+            (modseq,) = await self._journal(
+                db,
+                message.user,
+                [
+                    JournalEvent(
+                        "EXISTS",
+                        mailbox=message.mailbox,
+                        message=message.id,
+                        uid=uid,
+                        data={"flags": message.flags, "thread": message.thread},
+                    )
+                ],
+            )
+            await db.execute("UPDATE mailboxes SET modify_index = ? WHERE id = ?", [modseq, message.mailbox])
+            stored = dataclasses.replace(message, uid=uid, modseq=modseq)
+            rows = await db.execute_fetchall(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}, seen) VALUES ({', '.join('?' * 14)}) RETURNING seq",
+                [*self._message_values(stored), int(stored.seen)],
+            )
+            seq = rows[0][0]
+            await db.execute("INSERT INTO message_sources (seq, raw) VALUES (?, ?)", [seq, raw])
+            await db.execute(
+                "INSERT INTO message_search (rowid, subject, contacts, body) VALUES (?, ?, ?, ?)",
+                [seq, search.subject, search.contacts, search.body],
+            )
+            return stored
+
+        try:
+            return await self._write(work)
+        except _MailboxGone:
+            return None
+
+    @staticmethod
+    def _message_values(message: Message) -> list[Any]:
+        return [
+            message.id,
+            message.user,
+            message.mailbox,
+            message.uid,
+            message.modseq,
+            message.thread,
+            message.size,
+            _ms(message.idate),
+            json.dumps(message.flags),
+            json.dumps(message.summary),
+            message.msgid,
+            message.subject_key,
+            _ms(message.expires) if message.expires else None,
+        ]
+
+    async def get_message(self, user_id: str, message_id: str) -> Message | None:
+        row = await self._one(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND user = ?", [message_id, user_id]
+        )
+        return _message(row) if row else None
+
+    async def get_message_source(self, user_id: str, message_id: str) -> bytes | None:
+        row = await self._one(
+            "SELECT raw FROM message_sources WHERE seq = (SELECT seq FROM messages WHERE id = ? AND user = ?)",
+            [message_id, user_id],
+        )
+        return bytes(row[0]) if row else None
+
+    async def list_messages(self, user_id: str, mailbox_id: str, page: PageQuery) -> Slice[Message]:
+        counted = await self._one("SELECT total FROM mailboxes WHERE id = ? AND user = ?", [mailbox_id, user_id])
+        rows, more, total = await self._page(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox = ? AND user = ?",
+            [mailbox_id, user_id],
+            page,
+            key="uid",
+            total=counted[0] if counted else 0,
+        )
+        return Slice([_message(row) for row in rows], more, total)
+
+    async def search_messages(self, user_id: str, query: SearchQuery, page: PageQuery) -> Slice[Message]:
+        if not query.terms:
+            return Slice([], False, 0)
+        where = "message_search MATCH ? AND m.user = ?"
+        params: list[Any] = [_fts_query(query.terms), user_id]
+        if query.mailbox is not None:
+            where += " AND m.mailbox = ?"
+            params.append(query.mailbox)
+        if query.exclude:
+            where += f" AND m.mailbox NOT IN ({', '.join('?' * len(query.exclude))})"
+            params.extend(query.exclude)
+        source = "FROM message_search JOIN messages AS m ON m.seq = message_search.rowid"
+        columns = ", ".join(f"m.{column.strip()}" for column in MESSAGE_COLUMNS.split(","))
+        rows, more, total = await self._page(
+            f"SELECT {columns} {source} WHERE {where}",
+            params,
+            page,
+            key="m.id",
+            count_sql=f"SELECT COUNT(*) {source} WHERE {where}",
+        )
+        return Slice([_message(row) for row in rows], more, total)
+
+    async def find_thread(self, user_id: str, msgids: list[str], subject_key: str, since: datetime) -> str | None:
+        if msgids:
+            row = await self._one(
+                f"SELECT thread FROM messages WHERE user = ? AND msgid IN ({', '.join('?' * len(msgids))}) LIMIT 1",
+                [user_id, *msgids],
+            )
+            if row:
+                return row[0]
+        if not subject_key:
+            return None
+        row = await self._one(
+            "SELECT thread FROM messages WHERE user = ? AND subject_key = ? AND idate >= ? ORDER BY idate DESC LIMIT 1",
+            [user_id, subject_key, _ms(since)],
+        )
+        return row[0] if row else None
+
+    async def update_message(self, user_id: str, message_id: str, changes: dict[str, Any]) -> Message | None:
+        unknown = set(changes) - {"flags", "expires"}
+        if unknown:
+            raise ValueError(f"not writable message fields: {sorted(unknown)}")
+
+        async def work(db: aiosqlite.Connection) -> Message | None:
+            rows = await db.execute_fetchall(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND user = ?", [message_id, user_id]
+            )
+            if not rows:
+                return None
+            message = _message(rows[0])
+            if "expires" in changes:
+                message.expires = changes["expires"]
+                await db.execute(
+                    "UPDATE messages SET expires = ? WHERE id = ?",
+                    [_ms(message.expires) if message.expires else None, message.id],
+                )
+            flags = changes.get("flags", message.flags)
+            if sorted(flags) != sorted(message.flags):
+                was_seen = message.seen
+                message.flags = list(flags)
+                (message.modseq,) = await self._journal(
+                    db,
+                    user_id,
+                    [
+                        JournalEvent(
+                            "FETCH",
+                            mailbox=message.mailbox,
+                            message=message.id,
+                            uid=message.uid,
+                            data={"flags": message.flags},
+                        )
+                    ],
+                )
+                await db.execute(
+                    "UPDATE messages SET flags = ?, seen = ?, modseq = ? WHERE id = ?",
+                    [json.dumps(message.flags), int(message.seen), message.modseq, message.id],
+                )
+                await db.execute(
+                    "UPDATE mailboxes SET unseen = unseen + ?, modify_index = ? WHERE id = ?",
+                    [int(was_seen) - int(message.seen), message.modseq, message.mailbox],
+                )
+            return message
+
+        return await self._write(work)
+
+    async def move_message(
+        self, user_id: str, message_id: str, target_mailbox_id: str, expires: datetime | None
+    ) -> Message | None:
+        async def work(db: aiosqlite.Connection) -> Message | None:
+            rows = await db.execute_fetchall(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND user = ?", [message_id, user_id]
+            )
+            if not rows:
+                return None
+            message = _message(rows[0])
+            source, old_uid = message.mailbox, message.uid
+            message.uid = await self._take_uid(db, user_id, target_mailbox_id, message.seen)
+            message.mailbox = target_mailbox_id
+            message.expires = expires
+            expunged, message.modseq = await self._journal(
+                db,
+                user_id,
+                [
+                    JournalEvent("EXPUNGE", mailbox=source, message=message.id, uid=old_uid),
+                    JournalEvent(
+                        "EXISTS",
+                        mailbox=target_mailbox_id,
+                        message=message.id,
+                        uid=message.uid,
+                        data={"flags": message.flags, "thread": message.thread},
+                    ),
+                ],
+            )
+            await db.execute(
+                "UPDATE mailboxes SET total = total - 1, unseen = unseen - ?, modify_index = ? WHERE id = ?",
+                [int(not message.seen), expunged, source],
+            )
+            await db.execute("UPDATE mailboxes SET modify_index = ? WHERE id = ?", [message.modseq, target_mailbox_id])
+            await db.execute(
+                "UPDATE messages SET mailbox = ?, uid = ?, modseq = ?, expires = ? WHERE id = ?",
+                [message.mailbox, message.uid, message.modseq, _ms(expires) if expires else None, message.id],
+            )
+            return message
+
+        try:
+            return await self._write(work)
+        except _MailboxGone:
+            return None
+
+    async def delete_messages(self, user_id: str, message_ids: list[str]) -> int:
+        if not message_ids:
+            return 0
+
+        async def work(db: aiosqlite.Connection) -> int:
+            rows = await db.execute_fetchall(
+                f"DELETE FROM messages WHERE user = ? AND id IN ({', '.join('?' * len(message_ids))}) "
+                "RETURNING seq, id, mailbox, uid, size, seen",
+                [user_id, *message_ids],
+            )
+            if not rows:
+                return 0
+            ids = await self._journal(
+                db,
+                user_id,
+                [JournalEvent("EXPUNGE", mailbox=row["mailbox"], message=row["id"], uid=row["uid"]) for row in rows],
+            )
+            await db.executemany(
+                "UPDATE mailboxes SET total = total - 1, unseen = unseen - ?, modify_index = ? WHERE id = ?",
+                [(1 - row["seen"], seq, row["mailbox"]) for row, seq in zip(rows, ids, strict=True)],
+            )
+            return await self._forget(db, user_id, rows)
+
+        return await self._write(work)
+
+    async def expired_messages(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        rows = await self._read.execute_fetchall(
+            "SELECT user, id FROM messages WHERE expires IS NOT NULL AND expires <= ? LIMIT ?", [_ms(now), limit]
+        )
+        return [(row[0], row[1]) for row in rows]
