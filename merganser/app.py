@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -13,7 +12,10 @@ from aiohttp.abc import AbstractAccessLogger
 from yarl import URL
 
 from merganser.config import Settings
+from merganser.protocols.lmtp import start_lmtp
+from merganser.resolvers import messages
 from merganser.resolvers.context import Core
+from merganser.resolvers.forwarding import Forwarder
 from merganser.rest_compat import add_routes
 from merganser.rest_compat.http import CORE, api_middleware
 from merganser.storage import storage_from_url
@@ -21,6 +23,7 @@ from merganser.storage import storage_from_url
 log = logging.getLogger("merganser")
 
 MAINTENANCE_INTERVAL = 3600.0
+LMTP_SERVER: web.AppKey[asyncio.Server] = web.AppKey("lmtp", asyncio.Server)
 SECRET_PARAMETERS = frozenset({"accesstoken", "token", "password"})
 
 
@@ -43,32 +46,56 @@ class RedactingAccessLogger(AbstractAccessLogger):
         )
 
 
-async def _maintain(core: Core) -> None:
-    """Drop expired authlog entries and failure counters, once an hour."""
+async def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]) -> None:
+    """Run a job now and then every ``seconds``; a failed run is logged and retried."""
     while True:
-        now = datetime.now(UTC)
         try:
-            await core.storage.purge_authlog(now)
-            await core.storage.purge_counters(now)
+            await job()
         except Exception:
-            log.exception("maintenance run failed; will retry")
-        await asyncio.sleep(MAINTENANCE_INTERVAL)
+            log.exception("%s failed; will retry", what)
+        await asyncio.sleep(seconds)
+
+
+async def _purge(core: Core) -> None:
+    """Drop expired authlog entries and failure counters."""
+    now = datetime.now(UTC)
+    await core.storage.purge_authlog(now)
+    await core.storage.purge_counters(now)
 
 
 def create_app(settings: Settings) -> web.Application:
-    """The HTTP application; its storage is opened on start-up and closed on clean-up."""
+    """The server: the HTTP API plus, while it runs, the LMTP maildrop and background jobs.
+
+    Storage is opened on start-up and closed on clean-up; the LMTP listener and
+    the collectors share the application's core.
+    """
     storage = storage_from_url(settings.storage_url)
-    core = Core(storage=storage, settings=settings)
-    app = web.Application(middlewares=[api_middleware], client_max_size=settings.max_body_size)
+    core = Core(storage=storage, settings=settings, forwarder=Forwarder(settings))
+    app = web.Application(
+        middlewares=[api_middleware], client_max_size=max(settings.max_body_size, settings.max_message_size * 2)
+    )
     app[CORE] = core
 
-    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await storage.open()
-        maintenance = asyncio.create_task(_maintain(core))
+        jobs = [
+            asyncio.create_task(_every(MAINTENANCE_INTERVAL, "authlog purge", lambda: _purge(core))),
+            asyncio.create_task(
+                _every(settings.gc_interval, "expired message collection", lambda: messages.collect_garbage(core))
+            ),
+        ]
+        lmtp = await start_lmtp(core)
+        app[LMTP_SERVER] = lmtp
+        host, port = lmtp.sockets[0].getsockname()[:2]
+        log.info("LMTP maildrop listening on %s:%d", host, port)
         yield
-        maintenance.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await maintenance
+        lmtp.close()
+        await lmtp.wait_closed()
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        if core.forwarder is not None:
+            await core.forwarder.close()
         await storage.close()
 
     app.cleanup_ctx.append(lifecycle)

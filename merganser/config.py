@@ -35,6 +35,12 @@ class Settings:
     auth_failures_per_ip: int = 50
     auth_failure_window: int = 300
     max_body_size: int = 1024 * 1024
+    lmtp_host: str = "127.0.0.1"
+    lmtp_port: int = 2424
+    max_message_size: int = 50 * 1024 * 1024
+    smtp_relay: str | None = None
+    gc_interval: int = 300
+    forward_attempts: int = 3
     log_level: str = "info"
 
     @property
@@ -62,6 +68,12 @@ HELP: dict[str, str] = {
     "auth_failures_per_ip": "failed authentications allowed per IP address within the window",
     "auth_failure_window": "rate-limit window for failed authentications, in seconds",
     "max_body_size": "largest accepted API request body in bytes (default 1 MiB)",
+    "lmtp_host": "address the LMTP maildrop listens on (default 127.0.0.1)",
+    "lmtp_port": "port of the LMTP maildrop (default 2424; 0 turns it off)",
+    "max_message_size": "largest accepted message in bytes, announced with SIZE (default 50 MiB)",
+    "smtp_relay": "HOST:PORT of the SMTP relay that forwarded copies are sent through",
+    "gc_interval": "seconds between runs of the expired-message collector (default 300)",
+    "forward_attempts": "attempts to forward or upload a copy before giving up (default 3)",
     "log_level": "logging level: debug, info, warning or error",
 }
 
