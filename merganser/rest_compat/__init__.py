@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from merganser.rest_compat import addresses, asps, authentication, mailboxes, quota, twofa, users
+from merganser.rest_compat import addresses, asps, authentication, mailboxes, messages, quota, twofa, users
 
-SECTIONS = (users, authentication, twofa, asps, addresses, mailboxes, quota)
+SECTIONS = (users, authentication, twofa, asps, addresses, mailboxes, messages, quota)
 
 
 def add_routes(app: web.Application) -> None:

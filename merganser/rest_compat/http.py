@@ -87,9 +87,20 @@ def query(request: web.Request) -> dict[str, str]:
     return {key: value for key, value in request.query.items() if key != TOKEN_PARAMETER}
 
 
-async def body(request: web.Request) -> Any:
-    """The decoded JSON body; an empty body counts as an empty object."""
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
     raw = await request.read()
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+    return raw
+
+
+async def body(request: web.Request, limit: int | None = None) -> Any:
+    """The decoded JSON body; an empty body counts as an empty object."""
+    raw = await read_limited(request, limit or core_of(request).settings.max_body_size)
     if not raw.strip():
         return {}
     try:
