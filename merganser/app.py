@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -63,6 +64,17 @@ async def _purge(core: Core) -> None:
     await core.storage.purge_counters(now)
 
 
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def create_app(settings: Settings) -> web.Application:
     """The server: the HTTP API plus, while it runs, the LMTP maildrop and background jobs.
 
@@ -77,26 +89,25 @@ def create_app(settings: Settings) -> web.Application:
     app[CORE] = core
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await storage.open()
-        jobs = [
-            asyncio.create_task(_every(MAINTENANCE_INTERVAL, "authlog purge", lambda: _purge(core))),
-            asyncio.create_task(
-                _every(settings.gc_interval, "expired message collection", lambda: messages.collect_garbage(core))
-            ),
-        ]
-        lmtp = await start_lmtp(core)
-        app[LMTP_SERVER] = lmtp
-        host, port = lmtp.sockets[0].getsockname()[:2]
-        log.info("LMTP maildrop listening on %s:%d", host, port)
-        yield
-        lmtp.close()
-        await lmtp.wait_closed()
-        for job in jobs:
-            job.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)
-        if core.forwarder is not None:
-            await core.forwarder.close()
-        await storage.close()
+        # Whatever fails part-way through start-up, everything opened so far is closed.
+        async with contextlib.AsyncExitStack() as opened:
+            await storage.open()
+            opened.push_async_callback(storage.close)
+            if core.forwarder is not None:
+                opened.push_async_callback(core.forwarder.close)
+            lmtp = await start_lmtp(core)
+            opened.push_async_callback(_close_server, lmtp)
+            app[LMTP_SERVER] = lmtp
+            host, port = lmtp.sockets[0].getsockname()[:2]
+            log.info("LMTP maildrop listening on %s:%d", host, port)
+            jobs = [
+                asyncio.create_task(_every(MAINTENANCE_INTERVAL, "authlog purge", lambda: _purge(core))),
+                asyncio.create_task(
+                    _every(settings.gc_interval, "expired message collection", lambda: messages.collect_garbage(core))
+                ),
+            ]
+            opened.push_async_callback(_cancel, jobs)
+            yield
 
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)

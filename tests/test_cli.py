@@ -34,6 +34,7 @@ class Server:
     process: subprocess.Popen[str]
     base: str
     data_dir: Path
+    lmtp_port: int
 
     def curl(self, *args: str) -> Any:
         """Run curl like the reference does and decode its JSON answer."""
@@ -54,13 +55,14 @@ class Server:
 
 def _start(tmp_path: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> Server:
     port = port or _free_port()
+    lmtp_port = _free_port()
     data_dir = tmp_path / "data"
     process = subprocess.Popen(
         [sys.executable, "-m", "merganser", "serve", "--data-dir", str(data_dir), "--bcrypt-rounds", "4", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "MERGANSER_HTTP_PORT": str(port), **(env or {})},
+        env={**os.environ, "MERGANSER_HTTP_PORT": str(port), "MERGANSER_LMTP_PORT": str(lmtp_port), **(env or {})},
     )
     deadline = time.monotonic() + 20
     while True:
@@ -73,7 +75,7 @@ def _start(tmp_path: Path, *args: str, env: dict[str, str] | None = None, port: 
                 output, _ = process.communicate()
                 pytest.fail(f"merganser serve did not start:\n{output}")
             time.sleep(0.05)
-    return Server(process, f"http://127.0.0.1:{port}", data_dir)
+    return Server(process, f"http://127.0.0.1:{port}", data_dir, lmtp_port)
 
 
 @pytest.fixture
@@ -255,6 +257,7 @@ def test_serve_logs_listener_and_stops_cleanly_on_sigterm(server: Server) -> Non
     code, output = server.stop()
     assert code == 0
     assert f"HTTP API listening on {server.base}" in output
+    assert f"LMTP maildrop listening on 127.0.0.1:{server.lmtp_port}" in output
     assert "Traceback" not in output
 
 
@@ -311,7 +314,7 @@ def test_port_in_use_is_reported_without_traceback(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "merganser", "serve", "--data-dir", str(tmp_path), "--http-port", str(port)],
+            [sys.executable, "-m", "merganser", "serve", "--data-dir", str(tmp_path), "--lmtp-port", str(port)],
             capture_output=True,
             text=True,
             timeout=30,
