@@ -59,9 +59,7 @@ def _keys(core: Core, user_id: str | None, ip: str | None) -> list[tuple[str, in
     return keys
 
 
-async def check_rate_limit(
-    core: Core, user_id: str | None, ip: str | None, action: str, **details: str | None
-) -> None:
+async def check_rate_limit(core: Core, user_id: str | None, ip: str | None, action: str, **details: str | None) -> None:
     """Refuse (and log) the attempt if the user or the IP has failed too often lately."""
     now = datetime.now(UTC)
     for key, limit in _keys(core, user_id, ip):
