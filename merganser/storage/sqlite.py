@@ -385,6 +385,13 @@ class SQLiteStorage(Storage):
         await db.execute("RELEASE work")
         return result, None
 
+    async def _write_unique(self, work: Work[T]) -> T:
+        """Like _write, reporting a clash on a unique key as DuplicateKeyError."""
+        try:
+            return await self._write(work)
+        except aiosqlite.IntegrityError as error:
+            raise _duplicate_key(error) from None
+
     async def _execute(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> int:
         """A single-statement write; returns the number of rows it changed."""
 
@@ -457,10 +464,7 @@ class SQLiteStorage(Storage):
             await self._insert_address(db, address)
             await db.executemany(MAILBOX_INSERT, [self._mailbox_values(mailbox) for mailbox in mailboxes])
 
-        try:
-            await self._write(work)
-        except aiosqlite.IntegrityError as error:
-            raise _duplicate_key(error) from None
+        await self._write_unique(work)
 
     @staticmethod
     def _user_values(user: User) -> list[Any]:
@@ -541,10 +545,7 @@ class SQLiteStorage(Storage):
         )
 
     async def add_address(self, address: Address) -> None:
-        try:
-            await self._write(lambda db: self._insert_address(db, address))
-        except aiosqlite.IntegrityError as error:
-            raise _duplicate_key(error) from None
+        await self._write_unique(lambda db: self._insert_address(db, address))
 
     async def get_address(self, address_id: str) -> Address | None:
         row = await self._one("SELECT * FROM addresses WHERE id = ?", [address_id])
@@ -710,10 +711,7 @@ class SQLiteStorage(Storage):
             await db.execute(MAILBOX_INSERT, self._mailbox_values(mailbox))
             await self._journal(db, mailbox.user, [event])
 
-        try:
-            await self._write(work)
-        except aiosqlite.IntegrityError as error:
-            raise _duplicate_key(error) from None
+        await self._write_unique(work)
 
     async def rename_mailboxes(self, user_id: str, renames: list[tuple[str, str]], events: list[JournalEvent]) -> None:
         async def work(db: aiosqlite.Connection) -> None:
@@ -729,10 +727,7 @@ class SQLiteStorage(Storage):
             )
             await self._journal(db, user_id, events)
 
-        try:
-            await self._write(work)
-        except aiosqlite.IntegrityError as error:
-            raise _duplicate_key(error) from None
+        await self._write_unique(work)
 
     async def update_mailbox(self, user_id: str, mailbox_id: str, changes: dict[str, Any]) -> bool:
         unknown = set(changes) - WRITABLE_MAILBOX_FIELDS
