@@ -31,16 +31,23 @@ SECRET_PARAMETERS = frozenset({"accesstoken", "token", "password"})
 class RedactingAccessLogger(AbstractAccessLogger):
     """One line per request, with secrets in the query string blanked out."""
 
+    @property
+    def enabled(self) -> bool:
+        """Skip building the line at all when it would be dropped."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        url = URL(request.path_qs)
-        redacted = url.with_query(
-            {key: "***" if key.lower() in SECRET_PARAMETERS else value for key, value in url.query.items()}
-        )
+        target: URL | str = request.path
+        if request.query_string:
+            url = URL(request.path_qs)
+            target = url.with_query(
+                {key: "***" if key.lower() in SECRET_PARAMETERS else value for key, value in url.query.items()}
+            )
         self.logger.info(
             '%s "%s %s" %d %d %.1fms',
             request.remote,
             request.method,
-            redacted,
+            target,
             response.status,
             response.body_length,
             time * 1000,
