@@ -4,21 +4,49 @@ It has to work on MongoDB and on FerretDB v1 (SQLite handler), which the tests
 use. That rules out transactions, so every change that touches several
 documents is ordered such that a failure part-way leaves nothing visible that
 breaks a rule: a user whose address turns out to be taken is deleted again, a
-rename checks for taken paths before it moves anything, and a mailbox is
-deleted before its messages so that only one of two concurrent deletions frees
-their bytes.
+rename checks for taken paths before it moves anything, a message's bytes are
+charged and its source stored before the message document makes it visible
+(and given back if that fails), and a mailbox is deleted before its messages
+so that a message put into it meanwhile is noticed and removed again.
 
 FerretDB v1 also has no atomic read-modify-write: ``findAndModify`` and
 ``update`` read the document and write it back whole, so two concurrent
-``$inc`` on one document can both return the same value. Its atomic
-operations are inserts (a unique index refuses the second one) and deletes (the
-count says whether this caller removed the document). Everything that must hand
-out a value exactly once is therefore built on a unique insert:
+``$inc`` on one document can both return the same value, and an update of one
+field can put back an old value of another field that a concurrent update just
+changed. Its atomic operations are inserts (a unique index refuses the second
+one) and deletes (the count says whether this caller removed the document).
+Everything that must happen exactly once is therefore built on a unique insert:
 
 * a journal entry takes the id after the user's newest one and retries if a
   concurrent append got it first, so ids also become visible in order;
 * a failure counter is a set of slot documents numbered 1..n, one per increment;
-* a TOTP step is claimed by inserting a marker keyed by user and step.
+* a TOTP step is claimed by inserting a marker keyed by user and step;
+* a UID is claimed by inserting ``uids`` document ``mailbox:uid``; claims stay
+  until the mailbox is deleted, so a UID is never handed out twice;
+* moving or deleting a message first claims its place, ``mailbox:uid:gone``,
+  so that of concurrent moves and deletions of one message one goes ahead and
+  the others follow it to where it went;
+* storage used is a chain of ``usage`` versions ``user:000000000042``, each
+  holding the value after one change: a change reads the newest version,
+  checks the quota and inserts the next one, and the unique ``_id`` turns that
+  into a compare-and-set. Before the first version the user document's
+  ``storage_used`` holds the value; after it, that field is never written.
+
+Numbered documents are found by ``_id`` lookups, the one query FerretDB v1
+answers from an index: starting from a hint, a run of claims or versions is
+probed forward, galloping and then bisecting. The hints (``usage`` document
+``user``, ``mailbox_state`` document ``mailbox``) are raised best-effort and may
+lag; nothing relies on them being exact. They, and each mailbox's modify
+index, live in documents of their own so that frequent message writes never
+rewrite a user or mailbox document and undo a concurrent change to it. A
+message document is written by moves and by flag updates; an update that
+undid a concurrent move puts the move right again (see ``_redo_move``).
+
+Old usage versions are pruned; see ``_after_usage_version`` for why that is
+safe. Raw messages, up to 50 MiB, exceed MongoDB's 16 MB document limit, so
+``sources`` holds them in 1 MiB chunks ``key:n``, read back by ``_id``; GridFS
+would find chunks by a query that FerretDB v1 answers by scanning every chunk
+of every message. Search matches the stored ``terms``, without diacritics, with ``$all``.
 
 FerretDB v1 has no TTL indexes either, so expired authentication log entries
 and counters are hidden by a filter on ``expires`` and removed by the purge
@@ -31,13 +59,18 @@ are BSON dates, read back as UTC-aware datetimes.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from dataclasses import asdict, fields
-from datetime import UTC, datetime
-from functools import cache
+import time
+import unicodedata
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, fields, replace
+from datetime import UTC, datetime, timedelta
+from functools import cache, partial
 from typing import Any, Literal, TypeVar
 
 import pymongo.errors
+from bson import Binary, ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -51,18 +84,44 @@ from merganser.storage.base import (
     JournalEvent,
     Mailbox,
     MailboxCounters,
+    Message,
+    OverQuotaError,
     PageQuery,
+    SearchQuery,
+    SearchText,
     Slice,
     Storage,
     User,
 )
 
 Document = dict[str, Any]
-Record = TypeVar("Record", User, Address, ApplicationPassword, AuthLogEntry, Mailbox)
+Record = TypeVar("Record", User, Address, ApplicationPassword, AuthLogEntry, Mailbox, Message)
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 DEFAULT_DATABASE = "merganser"
 WRITABLE_USER_FIELDS = frozenset(field.name for field in fields(User)) - {"id", "created"}
 WRITABLE_MAILBOX_FIELDS = frozenset({"retention", "subscribed"})
+WRITABLE_MESSAGE_FIELDS = frozenset({"flags", "expires"})
+
+SOURCE_CHUNK = 1 << 20
+# Per-document operations (chunk reads, message deletions) run this many at a time.
+BATCH = 32
+# Usage versions: the newest USAGE_KEEP always stay; older ones go once they
+# are USAGE_PRUNE_AGE old, checked every USAGE_PRUNE_EVERY versions. A change
+# acts only on a read of the newest version younger than USAGE_READ_AGE seconds.
+USAGE_KEEP = 8
+USAGE_PRUNE_EVERY = 16
+USAGE_PRUNE_AGE = timedelta(hours=1)
+USAGE_READ_AGE = 60.0
+# A mover or deleter waiting for another one to take a message away looks
+# again after LEAVE_POLL seconds; a claim to take it that is LEAVE_TIMEOUT old
+# was left by a caller that failed half-way and is taken over.
+LEAVE_POLL = 0.01
+LEAVE_TIMEOUT = timedelta(minutes=1)
+
+# Listings and lookups of messages leave out the search terms, which can be long.
+MESSAGE_PROJECTION = {"terms": 0}
 
 INDEXES: dict[str, list[IndexModel]] = {
     "users": [IndexModel("unameview", unique=True)],
@@ -75,8 +134,16 @@ INDEXES: dict[str, list[IndexModel]] = {
     "messages": [
         IndexModel([("mailbox", ASCENDING), ("uid", ASCENDING)], unique=True),
         IndexModel([("user", ASCENDING), ("mailbox", ASCENDING)]),
+        IndexModel([("user", ASCENDING), ("_id", ASCENDING)]),
+        IndexModel([("user", ASCENDING), ("msgid", ASCENDING)]),
+        IndexModel([("user", ASCENDING), ("subject_key", ASCENDING), ("idate", ASCENDING)]),
+        IndexModel("expires"),
+        IndexModel([("user", ASCENDING), ("terms", ASCENDING)]),
     ],
-    "journal": [IndexModel([("user", ASCENDING), ("seq", ASCENDING)], unique=True)],
+    "journal": [
+        IndexModel([("user", ASCENDING), ("seq", ASCENDING)], unique=True),
+        IndexModel([("user", ASCENDING), ("mailbox", ASCENDING), ("seq", ASCENDING)]),
+    ],
 }
 
 
@@ -88,7 +155,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(field.name for field in fields(cls) if field.name != "id")
 
 
-def _document(record: User | Address | ApplicationPassword | AuthLogEntry | Mailbox) -> Document:
+def _document(record: User | Address | ApplicationPassword | AuthLogEntry | Mailbox | Message) -> Document:
     """A record as stored: its fields under their own names, ``id`` as ``_id``."""
     document = asdict(record)
     document["_id"] = document.pop("id")
@@ -96,8 +163,31 @@ def _document(record: User | Address | ApplicationPassword | AuthLogEntry | Mail
 
 
 def _user_document(user: User) -> Document:
-    """The user plus ``unameview``, the lower-cased username its unique index is on."""
+    """The user plus ``unameview``, the lower-cased username its unique index is on.
+
+    Its ``storage_used`` holds only until the user's first usage version;
+    from then on the value lives in the ``usage`` chain and the field stays as it is.
+    """
     return {**_document(user), "unameview": user.username.lower()}
+
+
+def _message_document(message: Message, terms: list[str], source: str, chunks: int) -> Document:
+    """The message plus its search ``terms`` and where its raw bytes are: ``chunks`` chunks under key ``source``."""
+    return {**_document(message), "terms": _search_terms(terms), "source": source, "chunks": chunks}
+
+
+def _search_terms(terms: Iterable[str]) -> list[str]:
+    """Terms without diacritics, as stored and as searched for, so that "käse" finds "kase" and back.
+
+    The embedded backend's fulltext index ignores diacritics too
+    (``remove_diacritics``); both backends must find the same messages.
+    """
+    return list(dict.fromkeys(map(_without_diacritics, terms)))
+
+
+def _without_diacritics(text: str) -> str:
+    decomposed = unicodedata.normalize("NFD", text)
+    return unicodedata.normalize("NFC", "".join(char for char in decomposed if not unicodedata.combining(char)))
 
 
 def _record(cls: type[Record], document: Document) -> Record:
@@ -105,12 +195,21 @@ def _record(cls: type[Record], document: Document) -> Record:
     return cls(id=document["_id"], **{name: document[name] for name in _field_names(cls)})
 
 
+def _records(cls: type[Record], documents: Slice[Document]) -> Slice[Record]:
+    return Slice([_record(cls, document) for document in documents.items], documents.more, documents.total)
+
+
 def _journal_document(user_id: str, seq: int, event: JournalEvent, created: datetime) -> Document:
-    return {"user": user_id, "seq": seq, **asdict(event), "created": created}
+    """The entry as stored; a message event's modseq is its own id, so modseqs grow with the journal."""
+    return {"user": user_id, "seq": seq, **asdict(event), "modseq": seq if event.message else None, "created": created}
 
 
 def _journal_entry(document: Document) -> JournalEntry:
     return JournalEntry(id=document["seq"], **{name: document[name] for name in _field_names(JournalEntry)})
+
+
+def _expunged(mailbox_id: str, message_id: str, uid: int) -> JournalEvent:
+    return JournalEvent("EXPUNGE", mailbox=mailbox_id, message=message_id, uid=uid)
 
 
 def _slot_id(key: str, seq: int) -> str:
@@ -118,9 +217,41 @@ def _slot_id(key: str, seq: int) -> str:
     return f"{key}#{seq}"
 
 
+def _uid_id(mailbox_id: str, uid: int) -> str:
+    return f"{mailbox_id}:{uid}"
+
+
+def _leaving_id(mailbox_id: str, uid: int) -> str:
+    """The claim to take the message at ``uid`` away; it is kept, and deleted, with the UID claims."""
+    return f"{mailbox_id}:{uid}:gone"
+
+
+def _usage_id(user_id: str, version: int) -> str:
+    """Zero-padded so that a user's versions sort by number under ``_id``, which finds the newest one."""
+    return f"{user_id}:{version:012d}"
+
+
+def _chunk_id(source: str, number: int) -> str:
+    return f"{source}:{number}"
+
+
+def _numbered(owner: str, below: str | None = None) -> Document:
+    """A filter for the numbered documents ``owner:…`` of one owner, optionally only those sorting below ``below``."""
+    return {"_id": {"$gt": f"{owner}:", "$lt": below or f"{owner};"}}
+
+
 def _contains(field: str, query: str | None) -> Document:
     """A filter for ``field`` containing ``query`` literally; everything when there is no query."""
     return {field: {"$regex": re.escape(query.lower())}} if query else {}
+
+
+async def _each(items: Iterable[Item], work: Callable[[Item], Awaitable[Result]]) -> list[Result]:
+    """``work`` for every item, BATCH at a time: many round trips in parallel without flooding the server."""
+    pending = list(items)
+    results: list[Result] = []
+    for start in range(0, len(pending), BATCH):
+        results.extend(await asyncio.gather(*(work(item) for item in pending[start : start + BATCH])))
+    return results
 
 
 # Errors
@@ -150,6 +281,10 @@ def _duplicate_key(
     return DuplicateKeyError(key)
 
 
+class _MailboxGone(Exception):
+    """Raised when a UID was claimed in a mailbox that has been deleted."""
+
+
 class MongoStorage(Storage):
     """Storage in a MongoDB (or FerretDB) database named by the URL's path."""
 
@@ -173,27 +308,29 @@ class MongoStorage(Storage):
         assert self._db is not None, "storage is not open"
         return self._db[name]
 
-    async def _page(self, collection: str, match: Document, page: PageQuery, cls: type[Record]) -> Slice[Record]:
-        """Keyset paging by ``_id`` shared by every paged listing.
+    async def _page(
+        self, collection: str, match: Document, page: PageQuery, key: str = "_id", projection: Document | None = None
+    ) -> Slice[Document]:
+        """Keyset paging by ``key`` (``_id``, or ``uid`` within a mailbox) shared by every paged listing.
 
         A backward page is read towards the start of the listing, from the
         item before ``page.before``, and then put back in display order.
         """
         backward = page.before is not None
-        key = page.before if backward else page.after
+        edge = page.before if backward else page.after
         ascending = page.descending == backward
         query = dict(match)
-        if key is not None:
-            query["_id"] = {"$gt" if ascending else "$lt": key}
+        if edge is not None:
+            query[key] = {"$gt" if ascending else "$lt": edge}
         coll = self._collection(collection)
-        cursor = coll.find(query).sort("_id", ASCENDING if ascending else DESCENDING).limit(page.limit + 1)
+        cursor = coll.find(query, projection).sort(key, ASCENDING if ascending else DESCENDING).limit(page.limit + 1)
         documents = await cursor.to_list()
         more = len(documents) > page.limit
         documents = documents[: page.limit]
         if backward:
             documents.reverse()
         total = await coll.count_documents(match)
-        return Slice([_record(cls, document) for document in documents], more, total)
+        return Slice(documents, more, total)
 
     async def _find(self, collection: str, query: Document, cls: type[Record], sort: str = "_id") -> list[Record]:
         documents = await self._collection(collection).find(query).sort(sort, ASCENDING).to_list()
@@ -206,6 +343,45 @@ class MongoStorage(Storage):
     async def _delete_one(self, collection: str, query: Document) -> bool:
         result = await self._collection(collection).delete_one(query)
         return result.deleted_count > 0
+
+    async def _run_end(self, collection: str, key: Callable[[int], str], start: int) -> tuple[int, Document | None]:
+        """Where a run of documents numbered ``start``, ``start + 1``, … ends, found by ``_id`` lookups.
+
+        Returns the first missing number and the document before it (None if
+        ``start`` itself is missing). Galloping and then bisecting takes a few
+        lookups even when ``start`` lags far behind. It relies on the run
+        having no gaps, which holds for UID claims and usage versions: each is
+        only inserted once the one before it exists.
+        """
+        coll = self._collection(collection)
+        document = await coll.find_one({"_id": key(start)})
+        if document is None:
+            return start, None
+        low, step = start, 1
+        while (found := await coll.find_one({"_id": key(low + step)})) is not None:
+            low, document, step = low + step, found, step * 2
+        high = low + step
+        while high - low > 1:
+            middle = (low + high) // 2
+            if (found := await coll.find_one({"_id": key(middle)})) is not None:
+                low, document = middle, found
+            else:
+                high = middle
+        return high, document
+
+    async def _raise_fields(self, collection: str, document_id: str, values: dict[str, int]) -> bool:
+        """Raise fields of a hint document to at least ``values``, creating it if needed; whether it changed.
+
+        Two concurrent upserts of a missing document both insert on FerretDB
+        v1; the loser's DuplicateKeyError means the document exists now, so
+        it raises the fields there.
+        """
+        coll = self._collection(collection)
+        try:
+            result = await coll.update_one({"_id": document_id}, {"$max": values}, upsert=True)
+        except pymongo.errors.DuplicateKeyError:
+            result = await coll.update_one({"_id": document_id}, {"$max": values})
+        return result.modified_count > 0 or result.upserted_id is not None
 
     # Users
 
@@ -228,32 +404,52 @@ class MongoStorage(Storage):
         await self._collection("addresses").delete_many({"user": user_id})
         await self._collection("users").delete_one({"_id": user_id})
 
+    async def _user(self, document: Document | None) -> User | None:
+        """The user a document holds, with storage used taken from the usage chain once there is one."""
+        if document is None:
+            return None
+        user = _record(User, document)
+        _, used = await self._usage_head(user.id)
+        if used is not None:
+            user.storage_used = used
+        return user
+
     async def get_user(self, user_id: str) -> User | None:
-        return await self._find_one("users", {"_id": user_id}, User)
+        return await self._user(await self._collection("users").find_one({"_id": user_id}))
 
     async def find_user_by_username(self, username: str) -> User | None:
-        return await self._find_one("users", {"unameview": username.lower()}, User)
+        return await self._user(await self._collection("users").find_one({"unameview": username.lower()}))
 
     async def list_users(self, query: str | None, page: PageQuery) -> Slice[User]:
-        return await self._page("users", _contains("unameview", query), page, User)
+        documents = await self._page("users", _contains("unameview", query), page)
+        users = await asyncio.gather(*(self._user(document) for document in documents.items))
+        return Slice([user for user in users if user is not None], documents.more, documents.total)
 
     async def update_user(self, user_id: str, changes: dict[str, Any]) -> bool:
+        """Set fields on the user document, except storage used, which becomes a new usage version."""
         unknown = set(changes) - WRITABLE_USER_FIELDS
         if unknown:
             raise ValueError(f"not writable user fields: {sorted(unknown)}")
-        values = dict(changes)
+        users = self._collection("users")
+        values = {name: value for name, value in changes.items() if name != "storage_used"}
         if "username" in values:
             values["unameview"] = values["username"].lower()
-        try:
-            result = await self._collection("users").update_one({"_id": user_id}, {"$set": values})
-        except pymongo.errors.OperationFailure as error:
-            raise _duplicate_key(error, "username") from None
+        if values:
+            try:
+                result = await users.update_one({"_id": user_id}, {"$set": values})
+            except pymongo.errors.OperationFailure as error:
+                raise _duplicate_key(error, "username") from None
+            found = result.matched_count > 0
+        else:
+            found = await users.find_one({"_id": user_id}, {"_id": 1}) is not None
+        if found and "storage_used" in changes:
+            await self._move_usage(user_id, absolute=changes["storage_used"])
         if "twofa_last_step" in values:
             # Steps after the new last one are claimable again.
             await self._collection("twofa_steps").delete_many(
                 {"user": user_id, "step": {"$gt": values["twofa_last_step"]}}
             )
-        return result.matched_count > 0
+        return found
 
     async def claim_twofa_step(self, user_id: str, step: int) -> bool:
         """Claim the step with a unique marker, then raise the user's last step to it.
@@ -305,9 +501,84 @@ class MongoStorage(Storage):
         return groups[0]["size"] if groups else 0
 
     async def recalculate_storage(self, user_id: str) -> int:
+        if await self._collection("users").find_one({"_id": user_id}, {"_id": 1}) is None:
+            return 0
         used = await self._message_bytes({"user": user_id})
-        result = await self._collection("users").update_one({"_id": user_id}, {"$set": {"storage_used": used}})
-        return used if result.matched_count else 0
+        return await self._move_usage(user_id, absolute=used)
+
+    # Storage used
+
+    async def _usage_head(self, user_id: str, start: int | None = None) -> tuple[int, int | None]:
+        """The newest usage version of a user and its value; (0, None) before the first one.
+
+        Probing starts at ``start``, a version known to exist, or else at the
+        one the hint document names. Should that version have been pruned
+        (the hint fell far behind), the newest one is found by a range query on
+        ``_id`` instead, which MongoDB answers from the ``_id`` index and
+        FerretDB by scanning the small, pruned collection.
+        """
+        usage = self._collection("usage")
+        if start is None:
+            hint = await usage.find_one({"_id": user_id})
+            start = hint["version"] if hint else 0
+        _, head = await self._run_end("usage", partial(_usage_id, user_id), max(start, 1))
+        if head is None and start > 0:
+            head = await usage.find_one(_numbered(user_id), sort=[("_id", DESCENDING)])
+        return (head["version"], head["used"]) if head else (0, None)
+
+    async def _move_usage(
+        self, user_id: str, delta: int = 0, *, absolute: int | None = None, quota: int | None = None
+    ) -> int:
+        """Change storage used by ``delta`` (or set it to ``absolute``); return the new value.
+
+        The change is the next usage version, inserted under the number after
+        the newest one read: of concurrent changes that read the same version
+        only one can insert, the others read on from the version they lost.
+        That makes it a compare-and-set, so ``quota`` (OverQuotaError if the
+        new value would exceed it) holds under concurrency, also on FerretDB.
+        """
+        usage = self._collection("usage")
+        start: int | None = None
+        while True:
+            read_at = time.monotonic()
+            version, used = await self._usage_head(user_id, start)
+            if used is None:
+                user = await self._collection("users").find_one({"_id": user_id}, {"storage_used": 1})
+                used = user["storage_used"] if user else 0
+            value = used + delta if absolute is None else absolute
+            if quota is not None and value > quota:
+                raise OverQuotaError
+            if time.monotonic() - read_at > USAGE_READ_AGE:
+                start = None
+                continue
+            start = version + 1
+            try:
+                await usage.insert_one(
+                    {"_id": _usage_id(user_id, start), "version": start, "used": value, "created": datetime.now(UTC)}
+                )
+            except pymongo.errors.DuplicateKeyError:
+                continue
+            await self._after_usage_version(user_id, start)
+            return value
+
+    async def _after_usage_version(self, user_id: str, version: int) -> None:
+        """Point the hint at a new version and, now and then, prune old versions.
+
+        Pruning is what could break the compare-and-set: once a version is
+        gone, a change that read the version before it would be able to insert
+        it again. A version is therefore only pruned once it is USAGE_PRUNE_AGE
+        old, and a change acts only on a read younger than USAGE_READ_AGE, so
+        it cannot have read the version before a pruned one as the newest.
+        The newest USAGE_KEEP versions always stay, whatever their age.
+        """
+        await self._raise_fields("usage", user_id, {"version": version})
+        if version % USAGE_PRUNE_EVERY == 0:
+            await self._collection("usage").delete_many(
+                {
+                    **_numbered(user_id, below=_usage_id(user_id, version - USAGE_KEEP)),
+                    "created": {"$lt": datetime.now(UTC) - USAGE_PRUNE_AGE},
+                }
+            )
 
     # Addresses
 
@@ -327,7 +598,7 @@ class MongoStorage(Storage):
         return await self._find("addresses", {"user": user_id}, Address)
 
     async def search_addresses(self, query: str | None, page: PageQuery) -> Slice[Address]:
-        return await self._page("addresses", _contains("addrview", query), page, Address)
+        return _records(Address, await self._page("addresses", _contains("addrview", query), page))
 
     async def delete_address(self, user_id: str, address_id: str) -> bool:
         return await self._delete_one("addresses", {"_id": address_id, "user": user_id})
@@ -349,7 +620,8 @@ class MongoStorage(Storage):
         await self._collection("authlog").insert_one(_document(entry))
 
     async def list_authlog(self, user_id: str, now: datetime, page: PageQuery) -> Slice[AuthLogEntry]:
-        return await self._page("authlog", {"user": user_id, "expires": {"$gt": now}}, page, AuthLogEntry)
+        match = {"user": user_id, "expires": {"$gt": now}}
+        return _records(AuthLogEntry, await self._page("authlog", match, page))
 
     async def purge_authlog(self, now: datetime) -> int:
         result = await self._collection("authlog").delete_many({"expires": {"$lte": now}})
@@ -399,14 +671,35 @@ class MongoStorage(Storage):
 
     # Mailboxes
 
+    async def _with_state(self, document: Document) -> Document:
+        """A mailbox document with the UID hint and modify index its state document has raised."""
+        state = await self._collection("mailbox_state").find_one({"_id": document["_id"]})
+        if state is not None:
+            for name in ("uid_next", "modify_index"):
+                document[name] = max(document[name], state.get(name, 0))
+        return document
+
+    async def _mailbox(self, document: Document) -> Mailbox:
+        """The mailbox a document holds; its ``uid_next`` follows the UID claims past a lagging hint."""
+        document = await self._with_state(document)
+        document["uid_next"], _ = await self._run_end("uids", partial(_uid_id, document["_id"]), document["uid_next"])
+        return _record(Mailbox, document)
+
+    async def _open_mailbox(self, user_id: str, mailbox_id: str) -> Document | None:
+        """The mailbox document with its state, for putting a message in; None if it does not exist."""
+        document = await self._collection("mailboxes").find_one({"_id": mailbox_id, "user": user_id})
+        return await self._with_state(document) if document else None
+
     async def list_mailboxes(self, user_id: str) -> list[Mailbox]:
-        return await self._find("mailboxes", {"user": user_id}, Mailbox, sort="path")
+        documents = await self._collection("mailboxes").find({"user": user_id}).sort("path", ASCENDING).to_list()
+        return list(await asyncio.gather(*(self._mailbox(document) for document in documents)))
 
     async def get_mailbox(self, user_id: str, mailbox_id: str) -> Mailbox | None:
-        return await self._find_one("mailboxes", {"_id": mailbox_id, "user": user_id}, Mailbox)
+        document = await self._collection("mailboxes").find_one({"_id": mailbox_id, "user": user_id})
+        return await self._mailbox(document) if document else None
 
-    async def _append_journal(self, user_id: str, event: JournalEvent) -> None:
-        """Store the event under the id after the user's newest entry.
+    async def _append_journal(self, user_id: str, event: JournalEvent) -> int:
+        """Store the event under the id after the user's newest entry; return that id.
 
         The unique (user, seq) index lets only one of several concurrent
         appends have an id; the others move on to the next one. An id is only
@@ -424,7 +717,7 @@ class MongoStorage(Storage):
             except pymongo.errors.DuplicateKeyError:
                 seq += 1
                 continue
-            return
+            return seq
 
     async def create_mailbox(self, mailbox: Mailbox, event: JournalEvent) -> None:
         try:
@@ -471,14 +764,22 @@ class MongoStorage(Storage):
         return result.matched_count > 0
 
     async def delete_mailbox(self, user_id: str, mailbox_id: str, event: JournalEvent) -> int:
-        """Delete the mailbox first: of two concurrent deletions only one removes it and frees its bytes."""
+        """Delete the mailbox first, then each of its messages, then its UID claims and state.
+
+        Of two concurrent deletions only one removes the mailbox. A message
+        that is put into the mailbox after its messages were listed here is
+        removed by whoever put it there (see ``_lost_to_deletion``); each
+        message is deleted on its own so that exactly one caller frees it.
+        """
         if not await self._delete_one("mailboxes", {"_id": mailbox_id, "user": user_id}):
             return -1
-        match = {"user": user_id, "mailbox": mailbox_id}
-        freed = await self._message_bytes(match)
-        await self._collection("messages").delete_many(match)
-        if freed:
-            await self._collection("users").update_one({"_id": user_id}, {"$inc": {"storage_used": -freed}})
+        listed = await self._collection("messages").find({"user": user_id, "mailbox": mailbox_id}, {"_id": 1}).to_list()
+        taken = await _each(
+            listed, lambda document: self._take_message({"_id": document["_id"], "mailbox": mailbox_id})
+        )
+        freed = await self._release(user_id, [document for document in taken if document is not None])
+        await self._collection("uids").delete_many(_numbered(mailbox_id))
+        await self._collection("mailbox_state").delete_one({"_id": mailbox_id})
         await self._append_journal(user_id, event)
         return freed
 
@@ -501,6 +802,336 @@ class MongoStorage(Storage):
             )
             for mailbox_id in mailbox_ids
         }
+
+    # Messages
+
+    async def _claim_uid(self, user_id: str, mailbox_id: str, start: int) -> int:
+        """Claim the first free UID of a mailbox at or after ``start``, the mailbox's UID hint.
+
+        The claim's unique ``_id`` gives each UID to one caller only. Claims
+        stay until the mailbox is deleted, so a UID is never handed out again,
+        not even after its message (the highest one, say) is gone. Deleting a
+        mailbox deletes its claims after the mailbox, so a claim that finds the
+        mailbox still there was not made after its claims were deleted, where
+        it could take a UID a message still has; otherwise _MailboxGone.
+        """
+        uids = self._collection("uids")
+        key = partial(_uid_id, mailbox_id)
+        uid = start
+        while True:
+            uid, _ = await self._run_end("uids", key, uid)
+            try:
+                await uids.insert_one({"_id": key(uid)})
+            except pymongo.errors.DuplicateKeyError:
+                uid += 1
+                continue
+            break
+        if await self._collection("mailboxes").find_one({"_id": mailbox_id, "user": user_id}, {"_id": 1}) is None:
+            await uids.delete_one({"_id": key(uid)})
+            raise _MailboxGone
+        return uid
+
+    async def _settle_mailbox(self, user_id: str, mailbox_id: str, uid: int | None = None) -> None:
+        """After a message event, raise the mailbox's UID hint past ``uid`` and its modify index.
+
+        The modify index is raised to the newest message event journaled for
+        the mailbox, again and again until raising changes nothing: like in
+        ``_raise_twofa_last_step``, a concurrent write on FerretDB v1 can put
+        back an older value, and whichever change of the mailbox settles last
+        stores the newest one.
+        """
+        journal = self._collection("journal")
+        while True:
+            newest = await journal.find_one(
+                {"user": user_id, "mailbox": mailbox_id, "modseq": {"$ne": None}},
+                {"seq": 1},
+                sort=[("seq", DESCENDING)],
+            )
+            values = {"modify_index": newest["seq"] if newest else 0}
+            if uid is not None:
+                values["uid_next"] = uid + 1
+            if not await self._raise_fields("mailbox_state", mailbox_id, values):
+                return
+
+    async def _store_source(self, source: str, raw: bytes) -> None:
+        """Store raw bytes as chunks ``source:0``, ``source:1``, … of SOURCE_CHUNK bytes."""
+        chunks = [
+            {"_id": _chunk_id(source, number), "data": Binary(raw[offset : offset + SOURCE_CHUNK])}
+            for number, offset in enumerate(range(0, len(raw), SOURCE_CHUNK))
+        ]
+        if chunks:
+            await self._collection("sources").insert_many(chunks)
+
+    async def _drop_source(self, document: Document) -> None:
+        """Delete a message's chunks one by one: FerretDB v1 would scan the whole collection for ``$in``."""
+        sources = self._collection("sources")
+        await _each(
+            range(document.get("chunks", 0)),
+            lambda number: sources.delete_one({"_id": _chunk_id(document["source"], number)}),
+        )
+
+    async def _release(self, user_id: str, documents: list[Document]) -> int:
+        """Drop the sources of messages this call deleted and give back their bytes; return the bytes."""
+        await _each(documents, self._drop_source)
+        freed = sum(document["size"] for document in documents)
+        if freed:
+            await self._move_usage(user_id, -freed)
+        return freed
+
+    async def _depart(self, match: Document) -> Document | None:
+        """The message ``match`` finds, once this call holds the claim to take it from where it is.
+
+        Moving and deleting change where a message is (or whether it is) by
+        an update or a delete that FerretDB v1 does not apply atomically, so
+        they first claim the message's place with a unique insert. Of
+        concurrent moves and deletions one goes ahead; the others wait until
+        the message has left that place and then act on it where it went, as
+        if they had come after. Returns None if the message is gone. The
+        claim is for good: the caller must go on to move or delete the
+        message; a claim whose caller failed before that is taken over once it
+        is LEAVE_TIMEOUT old.
+        """
+        messages, uids = self._collection("messages"), self._collection("uids")
+        while (document := await messages.find_one(match, MESSAGE_PROJECTION)) is not None:
+            claim = _leaving_id(document["mailbox"], document["uid"])
+            try:
+                await uids.insert_one({"_id": claim, "at": datetime.now(UTC)})
+            except pymongo.errors.DuplicateKeyError:
+                await uids.delete_one({"_id": claim, "at": {"$lt": datetime.now(UTC) - LEAVE_TIMEOUT}})
+                await asyncio.sleep(LEAVE_POLL)
+                continue
+            return document
+        return None
+
+    async def _take_message(self, match: Document) -> Document | None:
+        """Delete the message ``match`` finds and return it; None if another caller took it first."""
+        document = await self._depart(match)
+        if document is not None:
+            await self._delete_one("messages", {"_id": document["_id"]})
+        return document
+
+    async def _lost_to_deletion(self, message: Message) -> bool:
+        """Whether the message's mailbox was deleted while the message was put in; if so, remove it again.
+
+        ``delete_mailbox`` removes the mailbox before it lists the messages, so
+        a message put in after that listing is noticed here, and one put in
+        before it is deleted there; only one of the two deletes it.
+        """
+        mailbox = {"_id": message.mailbox, "user": message.user}
+        if await self._collection("mailboxes").find_one(mailbox, {"_id": 1}) is not None:
+            return False
+        document = await self._take_message({"_id": message.id, "mailbox": message.mailbox})
+        if document is not None:
+            await self._append_journal(message.user, _expunged(message.mailbox, message.id, message.uid))
+            await self._release(message.user, [document])
+        return True
+
+    async def add_message(self, message: Message, raw: bytes, search: SearchText, quota: int | None) -> Message | None:
+        """Charge the bytes, store the source, claim a UID, journal EXISTS and only then insert the message.
+
+        A failure before the message is inserted takes all of it back: the
+        source, the bytes and, if EXISTS went out, an EXPUNGE for it. Its
+        UID claim stays, so that UID is skipped.
+        """
+        mailbox = await self._open_mailbox(message.user, message.mailbox)
+        if mailbox is None:
+            return None
+        await self._move_usage(message.user, message.size, quota=quota)
+        # A key of its own, not the message id, so that taking a failed message back
+        # can never touch the source of another message (a reused id, say).
+        source = {"source": str(ObjectId()), "chunks": -(-len(raw) // SOURCE_CHUNK), "size": message.size}
+        stored: Message | None = None
+        try:
+            await self._store_source(source["source"], raw)
+            uid = await self._claim_uid(message.user, message.mailbox, mailbox["uid_next"])
+            exists = JournalEvent(
+                "EXISTS",
+                mailbox=message.mailbox,
+                message=message.id,
+                uid=uid,
+                data={"flags": list(message.flags), "thread": message.thread},
+            )
+            stored = replace(message, uid=uid, modseq=await self._append_journal(message.user, exists))
+            document = _message_document(stored, search.terms, source["source"], source["chunks"])
+            await self._collection("messages").insert_one(document)
+        except _MailboxGone:
+            await self._release(message.user, [source])
+            return None
+        except BaseException:
+            if stored is not None:
+                await self._append_journal(message.user, _expunged(stored.mailbox, stored.id, stored.uid))
+            await self._release(message.user, [source])
+            raise
+        if await self._lost_to_deletion(stored):
+            return None
+        await self._settle_mailbox(message.user, message.mailbox, uid)
+        return stored
+
+    async def get_message(self, user_id: str, message_id: str) -> Message | None:
+        document = await self._collection("messages").find_one({"_id": message_id, "user": user_id}, MESSAGE_PROJECTION)
+        return _record(Message, document) if document else None
+
+    async def get_message_source(self, user_id: str, message_id: str) -> bytes | None:
+        """The chunks, read by ``_id`` in parallel; None if the message is gone or goes while being read."""
+        document = await self._collection("messages").find_one(
+            {"_id": message_id, "user": user_id}, {"source": 1, "chunks": 1}
+        )
+        if document is None:
+            return None
+        sources = self._collection("sources")
+        chunks = await _each(
+            range(document.get("chunks", 0)),
+            lambda number: sources.find_one({"_id": _chunk_id(document["source"], number)}),
+        )
+        if any(chunk is None for chunk in chunks):
+            return None
+        return b"".join(chunk["data"] for chunk in chunks if chunk is not None)
+
+    async def list_messages(self, user_id: str, mailbox_id: str, page: PageQuery) -> Slice[Message]:
+        """Keyset pages on the unique (mailbox, uid) index; the total is counted, as no counter is kept."""
+        match = {"user": user_id, "mailbox": mailbox_id}
+        return _records(Message, await self._page("messages", match, page, key="uid", projection=MESSAGE_PROJECTION))
+
+    async def search_messages(self, user_id: str, query: SearchQuery, page: PageQuery) -> Slice[Message]:
+        """Messages whose stored terms include every query term, keyed by id (ids grow with time)."""
+        if not query.terms:
+            return Slice([], False, 0)
+        match: Document = {"user": user_id, "terms": {"$all": _search_terms(query.terms)}}
+        mailbox: Document = {}
+        if query.mailbox is not None:
+            mailbox["$eq"] = query.mailbox
+        if query.exclude:
+            mailbox["$nin"] = list(query.exclude)
+        if mailbox:
+            match["mailbox"] = mailbox
+        return _records(Message, await self._page("messages", match, page, projection=MESSAGE_PROJECTION))
+
+    async def find_thread(self, user_id: str, msgids: list[str], subject_key: str, since: datetime) -> str | None:
+        messages = self._collection("messages")
+        if msgids:
+            document = await messages.find_one({"user": user_id, "msgid": {"$in": msgids}}, {"thread": 1})
+            if document is not None:
+                return document["thread"]
+        if not subject_key:
+            return None
+        document = await messages.find_one(
+            {"user": user_id, "subject_key": subject_key, "idate": {"$gte": since}},
+            {"thread": 1},
+            sort=[("idate", DESCENDING)],
+        )
+        return document["thread"] if document else None
+
+    async def update_message(self, user_id: str, message_id: str, changes: dict[str, Any]) -> Message | None:
+        """Set flags and/or expiry; a change of flags is journaled first, as its id is the new modseq.
+
+        Concurrent updates of one message may lose one another's changes on
+        FerretDB v1 (the last write wins), but each change of flags is journaled.
+        """
+        unknown = set(changes) - WRITABLE_MESSAGE_FIELDS
+        if unknown:
+            raise ValueError(f"not writable message fields: {sorted(unknown)}")
+        messages = self._collection("messages")
+        document = await messages.find_one({"_id": message_id, "user": user_id}, MESSAGE_PROJECTION)
+        if document is None:
+            return None
+        message = _record(Message, document)
+        values: Document = {}
+        if "expires" in changes:
+            message.expires = values["expires"] = changes["expires"]
+        flags = list(changes.get("flags", message.flags))
+        flagged = sorted(flags) != sorted(message.flags)
+        if flagged:
+            fetch = JournalEvent(
+                "FETCH", mailbox=message.mailbox, message=message.id, uid=message.uid, data={"flags": list(flags)}
+            )
+            message.flags = values["flags"] = flags
+            message.modseq = values["modseq"] = await self._append_journal(user_id, fetch)
+        if values:
+            result = await messages.update_one({"_id": message_id, "user": user_id}, {"$set": values})
+            if result.matched_count == 0:
+                return None
+            for name, value in (await self._redo_move(document, values)).items():
+                setattr(message, name, value)
+        if flagged:
+            await self._settle_mailbox(user_id, document["mailbox"])
+        return message
+
+    async def _redo_move(self, document: Document, values: Document) -> Document:
+        """Move the message again if an update of it, written over a concurrent move, put it back.
+
+        On FerretDB v1 an update writes back the whole document it read, so
+        one that read the message before a move and wrote after it returns the
+        message to the place it left. A mover notes the new place on its claim
+        before it moves the message; if the place this update read has such a
+        claim, the message goes there again, keeping the ``values`` this update
+        set. Returns the fields that changed.
+        """
+        claim = await self._collection("uids").find_one({"_id": _leaving_id(document["mailbox"], document["uid"])})
+        if claim is None or "to" not in claim:
+            return {}
+        redo = {**claim["to"], **values, "modseq": max(claim["to"]["modseq"], values.get("modseq", 0))}
+        where = {name: document[name] for name in ("_id", "mailbox", "uid")}
+        result = await self._collection("messages").update_one(where, {"$set": redo})
+        return redo if result.matched_count else {}
+
+    async def move_message(
+        self, user_id: str, message_id: str, target_mailbox_id: str, expires: datetime | None
+    ) -> Message | None:
+        """Claim a UID in the target and the message's place, journal EXPUNGE and EXISTS, then move it.
+
+        The UID comes first: once the place is claimed the message must move.
+        """
+        match = {"_id": message_id, "user": user_id}
+        target = await self._open_mailbox(user_id, target_mailbox_id)
+        if target is None or await self._collection("messages").find_one(match, {"_id": 1}) is None:
+            return None
+        try:
+            uid = await self._claim_uid(user_id, target_mailbox_id, target["uid_next"])
+        except _MailboxGone:
+            return None
+        document = await self._depart(match)
+        if document is None:
+            return None
+        message = _record(Message, document)
+        source, old_uid = message.mailbox, message.uid
+        await self._append_journal(user_id, _expunged(source, message_id, old_uid))
+        exists = JournalEvent(
+            "EXISTS",
+            mailbox=target_mailbox_id,
+            message=message_id,
+            uid=uid,
+            data={"flags": list(message.flags), "thread": message.thread},
+        )
+        moved = replace(
+            message,
+            mailbox=target_mailbox_id,
+            uid=uid,
+            modseq=await self._append_journal(user_id, exists),
+            expires=expires,
+        )
+        destination = {"mailbox": moved.mailbox, "uid": moved.uid, "modseq": moved.modseq, "expires": expires}
+        await self._collection("uids").update_one({"_id": _leaving_id(source, old_uid)}, {"$set": {"to": destination}})
+        await self._collection("messages").update_one({"_id": message_id}, {"$set": destination})
+        await self._settle_mailbox(user_id, source)
+        if await self._lost_to_deletion(moved):
+            return None
+        await self._settle_mailbox(user_id, target_mailbox_id, uid)
+        return moved
+
+    async def delete_messages(self, user_id: str, message_ids: list[str]) -> int:
+        """Delete each message on its own; only the caller whose delete removed it journals it and frees it."""
+        taken = await _each(message_ids, lambda message_id: self._take_message({"_id": message_id, "user": user_id}))
+        documents = [document for document in taken if document is not None]
+        for document in documents:
+            await self._append_journal(user_id, _expunged(document["mailbox"], document["_id"], document["uid"]))
+        await _each({document["mailbox"] for document in documents}, partial(self._settle_mailbox, user_id))
+        return await self._release(user_id, documents)
+
+    async def expired_messages(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        if limit <= 0:
+            return []  # MongoDB reads a limit of 0 as no limit
+        cursor = self._collection("messages").find({"expires": {"$lte": now}}, {"user": 1}).limit(limit)
+        return [(document["user"], document["_id"]) for document in await cursor.to_list()]
 
     # Journal
 
