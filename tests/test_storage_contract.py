@@ -4,20 +4,21 @@ The ``storage`` fixture is parametrized, so each test runs once on SQLite and
 once on MongoDB (FerretDB unless MERGANSER_TEST_MONGODB_URL names a server).
 Records are built by the factories below; ids are ObjectId strings, which sort
 in creation order, and times are truncated to milliseconds (what MongoDB keeps).
+Messages are only ever created through ``add_message``, the real write path,
+so every message test exercises how a backend allocates UIDs and counts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import os
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiosqlite
 import pytest
 from bson import ObjectId
-from pymongo import AsyncMongoClient
 
 from merganser.storage.base import (
     Address,
@@ -29,7 +30,10 @@ from merganser.storage.base import (
     Mailbox,
     MailboxCounters,
     Message,
+    OverQuotaError,
     PageQuery,
+    SearchQuery,
+    SearchText,
     Slice,
     Storage,
     User,
@@ -133,18 +137,72 @@ def make_authlog(user: User | None, *, expires: datetime, **fields: Any) -> Auth
     return AuthLogEntry(**values)
 
 
-def make_message(mailbox: Mailbox, uid: int, size: int, flags: list[str] | None = None) -> Message:
-    return Message(
+def make_message(mailbox: Mailbox, *, size: int = 100, flags: list[str] | None = None, **fields: Any) -> Message:
+    """A message for ``mailbox``; uid and modseq are left for storage to assign."""
+    values: dict[str, Any] = dict(
         id=oid(),
         user=mailbox.user,
         mailbox=mailbox.id,
-        uid=uid,
+        uid=0,
+        modseq=0,
         thread=oid(),
         size=size,
         idate=now_ms(),
         flags=list(flags or []),
-        meta={"subject": f"message {uid}"},
+        summary={"subject": "A message", "from": {"address": "sender@example.com", "name": "Sender"}},
     )
+    values.update(fields)
+    return Message(**values)
+
+
+def search_text(subject: str = "", contacts: str = "", body: str = "") -> SearchText:
+    """Search text whose terms are exactly the casefolded words of the text, so
+    a fulltext index over the text and a match on the terms agree."""
+    terms = list(dict.fromkeys(re.findall(r"[^\W_]+", f"{subject} {contacts} {body}".casefold())))
+    return SearchText(subject, contacts, body, terms)
+
+
+async def add(
+    storage: Storage,
+    mailbox: Mailbox,
+    *,
+    raw: bytes | None = None,
+    search: SearchText | None = None,
+    quota: int | None = None,
+    **fields: Any,
+) -> Message:
+    """Store a message through the API and check what comes back."""
+    if raw is None:
+        raw = os.urandom(fields.get("size", 100))
+    fields.setdefault("size", len(raw))
+    message = make_message(mailbox, **fields)
+    stored = await storage.add_message(message, raw, search or search_text(), quota)
+    assert stored is not None
+    assert stored == replace(message, uid=stored.uid, modseq=stored.modseq)
+    return stored
+
+
+async def storage_used(storage: Storage, user_id: str) -> int:
+    user = await storage.get_user(user_id)
+    assert user is not None
+    return user.storage_used
+
+
+async def mailbox_of(storage: Storage, mailbox: Mailbox) -> Mailbox:
+    stored = await storage.get_mailbox(mailbox.user, mailbox.id)
+    assert stored is not None
+    return stored
+
+
+async def counters_of(storage: Storage, *mailboxes: Mailbox) -> list[tuple[int, int]]:
+    """(total, unseen) of each mailbox, in the order given."""
+    found = await storage.mailbox_counters(mailboxes[0].user, ids(list(mailboxes)))
+    return [(found[box.id].total, found[box.id].unseen) for box in mailboxes]
+
+
+async def uids(storage: Storage, mailbox: Mailbox) -> list[int]:
+    page = await storage.list_messages(mailbox.user, mailbox.id, PageQuery(limit=10_000))
+    return [message.uid for message in page.items]
 
 
 def ids(records: list[Any]) -> list[str]:
@@ -159,59 +217,6 @@ async def journal_tail(storage: Storage, user_id: str) -> int:
     """The id of the user's newest journal entry, 0 if there is none."""
     entries = await storage.read_journal(user_id, 0, 10_000)
     return entries[-1].id if entries else 0
-
-
-# Inserting messages directly (the interface has no insert-message method yet)
-
-
-async def insert_messages(storage_url: str, messages: list[Message]) -> None:
-    """Store message rows/documents with the backend's own driver."""
-    if storage_url.startswith("sqlite:///"):
-        async with aiosqlite.connect(storage_url.removeprefix("sqlite:///")) as db:
-            await db.execute("PRAGMA busy_timeout = 10000")
-            await db.executemany(
-                "INSERT INTO messages (id, user, mailbox, uid, thread, size, idate, flags, seen, expires, meta) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        m.id,
-                        m.user,
-                        m.mailbox,
-                        m.uid,
-                        m.thread,
-                        m.size,
-                        int(m.idate.timestamp() * 1000),
-                        json.dumps(m.flags),
-                        int("\\Seen" in m.flags),
-                        int(m.expires.timestamp() * 1000) if m.expires else None,
-                        json.dumps(m.meta),
-                    )
-                    for m in messages
-                ],
-            )
-            await db.commit()
-        return
-    client: AsyncMongoClient = AsyncMongoClient(storage_url)
-    try:
-        await client.get_default_database()["messages"].insert_many(
-            [
-                {
-                    "_id": m.id,
-                    "user": m.user,
-                    "mailbox": m.mailbox,
-                    "uid": m.uid,
-                    "thread": m.thread,
-                    "size": m.size,
-                    "idate": m.idate,
-                    "flags": m.flags,
-                    "expires": m.expires,
-                    "meta": m.meta,
-                }
-                for m in messages
-            ]
-        )
-    finally:
-        await client.close()
 
 
 # Users
@@ -933,22 +938,277 @@ async def test_mailbox_counters_of_empty_mailboxes(storage: Storage) -> None:
     assert await storage.mailbox_counters(user.id, []) == {}
 
 
-# Messages (inserted with the backend's driver)
+# Messages
 
 
-async def test_mailbox_counters_count_messages(storage: Storage, storage_url: str) -> None:
+def exists_view(entry: JournalEntry) -> tuple[Any, ...]:
+    """What an EXISTS/FETCH/EXPUNGE entry says about a message, modseq checked against its id."""
+    assert entry.modseq == entry.id, f"{entry.command} entry {entry.id} has modseq {entry.modseq}"
+    return (entry.command, entry.mailbox, entry.message, entry.uid)
+
+
+async def test_add_message_allocates_uids_and_journals(storage: Storage) -> None:
+    user, _, (inbox, junk, sent, trash) = await new_user(storage, "abby")
+    other, _, (their_inbox, *_) = await new_user(storage, "otto")
+    tail = await journal_tail(storage, user.id)
+
+    first = await add(storage, inbox, size=100, flags=["\\Seen"])
+    second = await add(storage, inbox, size=200)
+    third = await add(storage, inbox, size=300, flags=["\\Flagged", "\\Answered"])
+    assert [first.uid, second.uid, third.uid] == [1, 2, 3]
+    assert first.modseq < second.modseq < third.modseq
+
+    entries = await storage.read_journal(user.id, tail, 100)
+    assert [exists_view(entry) for entry in entries] == [
+        ("EXISTS", inbox.id, message.id, message.uid) for message in (first, second, third)
+    ]
+    assert [entry.modseq for entry in entries] == [first.modseq, second.modseq, third.modseq]
+    assert [(entry.data.get("flags"), entry.data.get("thread")) for entry in entries] == [
+        (message.flags, message.thread) for message in (first, second, third)
+    ]
+    assert all(entry.user == user.id for entry in entries)
+
+    assert await storage.get_mailbox(user.id, inbox.id) == replace(inbox, uid_next=4, modify_index=third.modseq)
+    assert await storage.get_mailbox(user.id, junk.id) == junk
+    assert await storage_used(storage, user.id) == 600
+    assert await counters_of(storage, inbox, junk, sent, trash) == [(3, 2), (0, 0), (0, 0), (0, 0)]
+
+    # UIDs are per mailbox; the journal and modseqs are per user.
+    in_junk = await add(storage, junk, size=50, flags=["\\Seen"])
+    assert in_junk.uid == 1 and in_junk.modseq > third.modseq
+    assert await storage.get_mailbox(user.id, junk.id) == replace(junk, uid_next=2, modify_index=in_junk.modseq)
+    theirs = await add(storage, their_inbox, size=7)
+    assert theirs.uid == 1
+    assert await storage_used(storage, user.id) == 650
+    assert await storage_used(storage, other.id) == 7
+    assert await counters_of(storage, inbox, junk) == [(3, 2), (1, 0)]
+    assert await counters_of(storage, their_inbox) == [(1, 1)]
+
+    for message in (first, second, third, in_junk):
+        assert await storage.get_message(user.id, message.id) == message
+    assert await storage.get_message(other.id, first.id) is None
+    assert await storage.get_message_source(other.id, first.id) is None
+    assert await storage.get_message(user.id, theirs.id) is None
+    assert await storage.get_message(user.id, oid()) is None
+    assert await storage.get_message_source(user.id, oid()) is None
+
+
+async def test_message_round_trips_every_field(storage: Storage) -> None:
+    user, _, (inbox, *_) = await new_user(storage, "bert")
+    idate = datetime(2024, 2, 29, 23, 59, 58, 789_000, tzinfo=UTC)
+    expires = now_ms() + timedelta(days=30, milliseconds=321)
+    summary = {
+        "from": {"address": "zoë@example.com", "name": "Zoë Ünicode"},
+        "to": [{"address": "bert@example.com", "name": ""}, {"address": "x@example.org", "name": "X"}],
+        "cc": [],
+        "subject": "Quarterly report — Q1 📈",
+        "messageId": "<q1.report@example.com>",
+        "date": "2024-02-29T23:59:58+00:00",
+        "intro": "Numbers\tand\nnewlines",
+        "attachments": True,
+        "count": 3,
+        "missing": None,
+    }
+    full = await add(
+        storage,
+        inbox,
+        size=4321,
+        idate=idate,
+        flags=["\\Seen", "\\Flagged", "$Label1"],
+        summary=summary,
+        msgid="<q1.report@example.com>",
+        subject_key="quarterly report — q1 📈",
+        expires=expires,
+        thread=oid(),
+    )
+    stored = await storage.get_message(user.id, full.id)
+    assert stored == full
+    assert stored is not None
+    assert (stored.idate, stored.expires, stored.summary) == (idate, expires, summary)
+    assert (stored.msgid, stored.subject_key, stored.size) == (full.msgid, full.subject_key, 4321)
+    assert stored.flags == ["\\Seen", "\\Flagged", "$Label1"]
+
+    bare = await add(storage, inbox, size=1, flags=[], summary={}, msgid=None, subject_key="", expires=None)
+    stored = await storage.get_message(user.id, bare.id)
+    assert stored == bare
+    assert stored is not None
+    assert (stored.flags, stored.summary, stored.msgid, stored.subject_key, stored.expires) == ([], {}, None, "", None)
+
+    page = await storage.list_messages(user.id, inbox.id, PageQuery(limit=10))
+    assert page.items == [full, bare]
+
+
+async def test_message_source_is_kept_exactly(storage: Storage) -> None:
+    user, _, (inbox, *_) = await new_user(storage, "cleo")
+    every_byte = bytes(range(256))
+    big = b"From: a@example.com\r\nSubject: binary\r\n\r\n" + every_byte * (3 * 1024 * 1024 // 256)
+    assert len(big) > 3 * 1024 * 1024
+    tiny = b"\r\n"
+    odd = b"\x00\n\r\xff.\r\n.\r\n"
+    stored = [await add(storage, inbox, raw=raw) for raw in (big, tiny, odd)]
+    assert [message.size for message in stored] == [len(big), 2, len(odd)]
+    for message, raw in zip(stored, (big, tiny, odd), strict=True):
+        assert await storage.get_message_source(user.id, message.id) == raw
+    assert await storage_used(storage, user.id) == len(big) + 2 + len(odd)
+
+
+async def test_concurrent_add_message_gets_every_uid_once(storage: Storage) -> None:
+    user, _, (inbox, *_) = await new_user(storage, "dora")
+    tail = await journal_tail(storage, user.id)
+    messages = [make_message(inbox, size=10 + n, flags=["\\Seen"] if n % 5 == 0 else []) for n in range(50)]
+    results = await asyncio.gather(
+        *(storage.add_message(message, os.urandom(message.size), search_text(), None) for message in messages)
+    )
+    assert all(result is not None for result in results)
+    stored = [result for result in results if result is not None]
+    assert sorted(message.uid for message in stored) == list(range(1, 51))
+    assert len({message.modseq for message in stored}) == 50
+    assert [message.id for message in stored] == ids(messages)
+
+    entries = await storage.read_journal(user.id, tail, 1000)
+    assert sorted(exists_view(entry) for entry in entries) == sorted(
+        ("EXISTS", inbox.id, message.id, message.uid) for message in stored
+    )
+    assert {message.id: message.modseq for message in stored} == {entry.message: entry.modseq for entry in entries}
+
+    assert await counters_of(storage, inbox) == [(50, 40)]
+    assert await storage_used(storage, user.id) == sum(10 + n for n in range(50))
+    mailbox = await mailbox_of(storage, inbox)
+    assert (mailbox.uid_next, mailbox.modify_index) == (51, max(message.modseq for message in stored))
+    assert await uids(storage, inbox) == list(range(1, 51))
+
+
+async def test_uids_are_never_reused(storage: Storage) -> None:
+    user, _, (inbox, *_) = await new_user(storage, "egon")
+    one, two, three = [await add(storage, inbox) for _ in range(3)]
+    assert await storage.delete_messages(user.id, [three.id]) == three.size
+    assert await uids(storage, inbox) == [1, 2]
+    four = await add(storage, inbox)
+    assert four.uid == 4
+    assert await storage.delete_messages(user.id, [one.id, two.id, four.id]) == one.size + two.size + four.size
+    assert await uids(storage, inbox) == []
+    five = await add(storage, inbox)
+    assert five.uid == 5
+    assert (await mailbox_of(storage, inbox)).uid_next == 6
+    assert await uids(storage, inbox) == [5]
+
+
+async def test_add_message_over_quota_stores_nothing(storage: Storage) -> None:
+    user, _, (inbox, *_) = await new_user(storage, "fay", quota=1000)
+    first = await add(storage, inbox, size=600, quota=1000)
+    tail = await journal_tail(storage, user.id)
+    mailbox = await mailbox_of(storage, inbox)
+
+    refused = make_message(inbox, size=401)
+    with pytest.raises(OverQuotaError):
+        await storage.add_message(refused, b"x" * 401, search_text("Refused"), 1000)
+    assert await storage.get_message(user.id, refused.id) is None
+    assert await storage.get_message_source(user.id, refused.id) is None
+    assert await storage_used(storage, user.id) == 600
+    assert await counters_of(storage, inbox) == [(1, 1)]
+    assert await storage.read_journal(user.id, tail, 100) == []
+    assert (await mailbox_of(storage, inbox)).modify_index == mailbox.modify_index
+    page = await storage.list_messages(user.id, inbox.id, PageQuery(limit=10))
+    assert (ids(page.items), page.total) == ([first.id], 1)
+
+    # Filling the quota exactly is allowed; one byte more is not.
+    exact = await add(storage, inbox, size=400, quota=1000)
+    assert await storage_used(storage, user.id) == 1000
+    with pytest.raises(OverQuotaError):
+        await storage.add_message(make_message(inbox, size=1), b"x", search_text(), 1000)
+    assert await storage_used(storage, user.id) == 1000
+    # Without a quota nothing is checked.
+    extra = await add(storage, inbox, size=5, quota=None)
+    assert await storage_used(storage, user.id) == 1005
+    assert await counters_of(storage, inbox) == [(3, 3)]
+    assert ids((await storage.list_messages(user.id, inbox.id, PageQuery(limit=10))).items) == [
+        first.id,
+        exact.id,
+        extra.id,
+    ]
+
+
+async def test_concurrent_adds_stop_exactly_at_the_quota(storage: Storage) -> None:
+    user, _, (inbox, *_) = await new_user(storage, "gil", quota=1000)
+    tail = await journal_tail(storage, user.id)
+    messages = [make_message(inbox, size=100) for _ in range(20)]
+    results = await asyncio.gather(
+        *(storage.add_message(message, b"y" * 100, search_text(), 1000) for message in messages),
+        return_exceptions=True,
+    )
+    stored = [result for result in results if isinstance(result, Message)]
+    refused = [result for result in results if isinstance(result, OverQuotaError)]
+    assert (len(stored), len(refused)) == (10, 10), results
+    assert await storage_used(storage, user.id) == 1000
+    assert await counters_of(storage, inbox) == [(10, 10)]
+    assert len({message.uid for message in stored}) == 10
+    page = await storage.list_messages(user.id, inbox.id, PageQuery(limit=100))
+    assert (sorted(ids(page.items)), page.total) == (sorted(ids(stored)), 10)
+    entries = await storage.read_journal(user.id, tail, 100)
+    assert sorted(entry.message for entry in entries) == sorted(ids(stored))  # type: ignore[type-var]
+    for message, result in zip(messages, results, strict=True):
+        if isinstance(result, OverQuotaError):
+            assert await storage.get_message(user.id, message.id) is None
+            assert await storage.get_message_source(user.id, message.id) is None
+
+
+async def test_add_message_to_a_deleted_mailbox(storage: Storage) -> None:
+    user, _, (inbox, *_) = await new_user(storage, "hal")
+    other, _, (their_inbox, *_) = await new_user(storage, "ines")
+    gone = make_mailbox(user, "Gone")
+    await storage.create_mailbox(gone, create_event(gone))
+    kept = await add(storage, inbox, size=70)
+    assert await storage.delete_mailbox(user.id, gone.id, JournalEvent("DELETE", mailbox=gone.id)) == 0
+    tail = await journal_tail(storage, user.id)
+
+    message = make_message(gone, size=500)
+    assert await storage.add_message(message, b"z" * 500, search_text("Lost"), None) is None
+    assert await storage.add_message(make_message(gone, size=5), b"z" * 5, search_text(), 10_000) is None
+    assert await storage.add_message(make_message(replace(inbox, id=oid())), b"q", search_text(), None) is None
+    # Another user's mailbox is no mailbox of this user.
+    assert (
+        await storage.add_message(make_message(replace(their_inbox, user=user.id)), b"q", search_text(), None) is None
+    )
+    assert await uids(storage, their_inbox) == []
+    assert await storage_used(storage, user.id) == 70
+    assert await storage.get_message(user.id, message.id) is None
+    assert await storage.get_message_source(user.id, message.id) is None
+    assert await storage.read_journal(user.id, tail, 100) == []
+    assert await storage.get_message(user.id, kept.id) == kept
+    assert await counters_of(storage, inbox) == [(1, 1)]
+    assert await counters_of(storage, their_inbox) == [(0, 0)]
+    assert (await mailbox_of(storage, their_inbox)).uid_next == 1
+    assert await storage_used(storage, other.id) == 0
+
+
+async def test_add_message_racing_mailbox_deletion_leaves_no_bytes(storage: Storage) -> None:
+    user, _, _ = await new_user(storage, "ike")
+    doomed = make_mailbox(user, "Doomed")
+    await storage.create_mailbox(doomed, create_event(doomed))
+    messages = [make_message(doomed, size=10) for _ in range(10)]
+    adds = [storage.add_message(message, b"d" * 10, search_text(), None) for message in messages]
+    results = await asyncio.gather(
+        *adds[:5], storage.delete_mailbox(user.id, doomed.id, JournalEvent("DELETE", mailbox=doomed.id)), *adds[5:]
+    )
+    # Each add lands before the deletion (and is freed by it) or after it (and
+    # finds no mailbox): nothing stays charged or stored.
+    freed = results[5]
+    stored = [result for result in results[:5] + results[6:] if result is not None]
+    assert isinstance(freed, int) and freed == 10 * len(stored)
+    assert await storage_used(storage, user.id) == 0
+    assert await storage.recalculate_storage(user.id) == 0
+    for message in messages:
+        assert await storage.get_message(user.id, message.id) is None
+
+
+async def test_mailbox_counters_count_messages(storage: Storage) -> None:
     user, _, (inbox, _, sent, trash) = await new_user(storage, "carl")
     other, _, (their_inbox, *_) = await new_user(storage, "dina")
-    await insert_messages(
-        storage_url,
-        [
-            make_message(inbox, 1, 100, ["\\Seen"]),
-            make_message(inbox, 2, 200),
-            make_message(inbox, 3, 300, ["\\Flagged"]),
-            make_message(sent, 1, 50, ["\\Seen", "\\Answered"]),
-            make_message(their_inbox, 1, 999),
-        ],
-    )
+    await add(storage, inbox, size=100, flags=["\\Seen"])
+    await add(storage, inbox, size=200)
+    await add(storage, inbox, size=300, flags=["\\Flagged"])
+    await add(storage, sent, size=50, flags=["\\Seen", "\\Answered"])
+    await add(storage, their_inbox, size=999)
     counters = await storage.mailbox_counters(user.id, [inbox.id, sent.id, trash.id])
     assert counters == {
         inbox.id: MailboxCounters(total=3, unseen=2),
@@ -956,65 +1216,534 @@ async def test_mailbox_counters_count_messages(storage: Storage, storage_url: st
         trash.id: MailboxCounters(total=0, unseen=0),
     }
     assert await storage.mailbox_counters(other.id, [their_inbox.id]) == {their_inbox.id: MailboxCounters(1, 1)}
+    # Another user's mailbox counts as empty.
+    assert await storage.mailbox_counters(other.id, [inbox.id]) == {inbox.id: MailboxCounters(0, 0)}
 
 
-async def test_recalculate_storage(storage: Storage, storage_url: str) -> None:
+async def test_list_messages_pages_by_uid(storage: Storage) -> None:
+    user, _, (inbox, junk, *_) = await new_user(storage, "jill")
+    other, _, (their_inbox, *_) = await new_user(storage, "kurt")
+    messages = [await add(storage, inbox, size=10 + n) for n in range(7)]
+    in_junk = [await add(storage, junk), await add(storage, junk)]
+    await add(storage, their_inbox)
+    assert [message.uid for message in messages] == [1, 2, 3, 4, 5, 6, 7]
+    m = {message.uid: message for message in messages}
+
+    async def page(**query: Any) -> tuple[list[int], bool, int]:
+        found = await storage.list_messages(user.id, inbox.id, PageQuery(**query))
+        assert found.items == [m[item.uid] for item in found.items]
+        return [item.uid for item in found.items], found.more, found.total
+
+    assert await page(limit=3) == ([1, 2, 3], True, 7)
+    assert await page(limit=3, after=3) == ([4, 5, 6], True, 7)
+    assert await page(limit=3, after=6) == ([7], False, 7)
+    assert await page(limit=3, after=7) == ([], False, 7)
+    assert await page(limit=3, before=7) == ([4, 5, 6], True, 7)
+    assert await page(limit=3, before=4) == ([1, 2, 3], False, 7)
+    assert await page(limit=10) == ([1, 2, 3, 4, 5, 6, 7], False, 7)
+
+    assert await page(limit=3, descending=True) == ([7, 6, 5], True, 7)
+    assert await page(limit=3, after=5, descending=True) == ([4, 3, 2], True, 7)
+    assert await page(limit=3, after=2, descending=True) == ([1], False, 7)
+    assert await page(limit=3, before=4, descending=True) == ([7, 6, 5], False, 7)
+    assert await page(limit=3, before=1, descending=True) == ([4, 3, 2], True, 7)
+
+    # A gap left by a deletion is skipped, and the total follows.
+    assert await storage.delete_messages(user.id, [m[4].id]) == m[4].size
+    assert await page(limit=3, after=2) == ([3, 5, 6], True, 6)
+
+    junk_page = await storage.list_messages(user.id, junk.id, PageQuery(limit=10))
+    assert (junk_page.items, junk_page.more, junk_page.total) == (in_junk, False, 2)
+    theirs = await storage.list_messages(other.id, inbox.id, PageQuery(limit=10))
+    assert (theirs.items, theirs.more, theirs.total) == ([], False, 0)
+    nowhere = await storage.list_messages(user.id, oid(), PageQuery(limit=10))
+    assert (nowhere.items, nowhere.more, nowhere.total) == ([], False, 0)
+
+
+async def search(storage: Storage, user_id: str, *terms: str, limit: int = 100, **query: Any) -> Slice[Message]:
+    paging = {key: query.pop(key) for key in ("after", "before") if key in query}
+    return await storage.search_messages(
+        user_id, SearchQuery(list(terms), **query), PageQuery(limit=limit, descending=True, **paging)
+    )
+
+
+async def test_search_messages(storage: Storage) -> None:
+    user, _, (inbox, junk, sent, trash) = await new_user(storage, "lola")
+    other, _, (their_inbox, *_) = await new_user(storage, "max")
+    texts = {
+        "a": (inbox, search_text("Quarterly report", "Alice Adams", "Revenue grew in the third quarter")),
+        "b": (inbox, search_text("Lunch on Friday", "Bob Brown", "Shall we discuss the quarterly report over lunch")),
+        "c": (sent, search_text("Re: Quarterly report", "Carol Clark", "Thanks for the numbers")),
+        "d": (junk, search_text("Quarterly report winner", "Spam Sender", "Claim your prize")),
+        "e": (inbox, search_text("Holiday photos", "Alice Adams", "Pictures from the beach")),
+    }
+    found = {name: await add(storage, box, search=text) for name, (box, text) in texts.items()}
+    theirs = await add(
+        storage, their_inbox, search=search_text("Quarterly report", "Alice Adams", "quarterly report beach")
+    )
+
+    def names(page: Slice[Message]) -> list[str]:
+        by_id = {message.id: name for name, message in found.items()}
+        assert page.items == [found[by_id[item.id]] for item in page.items]
+        return [by_id[item.id] for item in page.items]
+
+    both = await search(storage, user.id, "quarterly", "report")
+    assert (names(both), both.more, both.total) == (["d", "c", "b", "a"], False, 4)
+    alone = await search(storage, user.id, "quarterly")
+    assert (names(alone), alone.total) == (["d", "c", "b", "a"], 4)
+    # Every term must be there, wherever it is (subject, contacts or body).
+    assert names(await search(storage, user.id, "quarterly", "lunch")) == ["b"]
+    assert names(await search(storage, user.id, "alice")) == ["e", "a"]
+    assert names(await search(storage, user.id, "alice", "revenue")) == ["a"]
+    assert names(await search(storage, user.id, "beach")) == ["e"]
+    assert names(await search(storage, user.id, "numbers", "carol")) == ["c"]
+    # Whole words only.
+    assert names(await search(storage, user.id, "quarter")) == ["a"]
+    nothing = await search(storage, user.id, "quarterly", "beach")
+    assert (nothing.items, nothing.more, nothing.total) == ([], False, 0)
+    assert (await search(storage, user.id, "zeppelin")).total == 0
+    empty = await search(storage, user.id)
+    assert (empty.items, empty.more, empty.total) == ([], False, 0)
+
+    in_inbox = await search(storage, user.id, "quarterly", "report", mailbox=inbox.id)
+    assert (names(in_inbox), in_inbox.total) == (["b", "a"], 2)
+    assert names(await search(storage, user.id, "report", mailbox=sent.id)) == ["c"]
+    assert (await search(storage, user.id, "report", mailbox=trash.id)).total == 0
+    kept = await search(storage, user.id, "quarterly", "report", exclude=[junk.id, trash.id])
+    assert (names(kept), kept.total) == (["c", "b", "a"], 3)
+    assert names(await search(storage, user.id, "report", exclude=[junk.id, inbox.id])) == ["c"]
+
+    # Newest first, paged by message id.
+    d, c, b, a = (found[name].id for name in "dcba")
+    first = await search(storage, user.id, "quarterly", "report", limit=2)
+    assert (names(first), first.more, first.total) == (["d", "c"], True, 4)
+    second = await search(storage, user.id, "quarterly", "report", limit=2, after=c)
+    assert (names(second), second.more, second.total) == (["b", "a"], False, 4)
+    back = await search(storage, user.id, "quarterly", "report", limit=2, before=b)
+    assert (names(back), back.more, back.total) == (["d", "c"], False, 4)
+    middle = await search(storage, user.id, "quarterly", "report", limit=2, after=d)
+    assert (names(middle), middle.more, middle.total) == (["c", "b"], True, 4)
+    assert a < b < c < d
+
+    # Other users' messages are never found, nor theirs ours.
+    mine = await search(storage, user.id, "quarterly", "report", "beach")
+    assert (mine.items, mine.total) == ([], 0)
+    their = await search(storage, other.id, "quarterly")
+    assert (their.items, their.total) == ([theirs], 1)
+    assert (await search(storage, other.id, "lunch")).total == 0
+    assert (await search(storage, user.id, "quarterly", mailbox=their_inbox.id)).total == 0
+
+
+async def test_search_follows_moves_flags_and_deletions(storage: Storage) -> None:
+    user, _, (inbox, junk, _, trash) = await new_user(storage, "nell")
+    keep = await add(storage, inbox, search=search_text("Garden party", "Nell", "Bring lemonade"))
+    move = await add(storage, inbox, search=search_text("Garden tools", "Ned", "Rake and spade"))
+    drop = await add(storage, junk, search=search_text("Garden offer", "Spam", "Cheap spade"))
+
+    flagged = await storage.update_message(user.id, keep.id, {"flags": ["\\Seen"]})
+    moved = await storage.move_message(user.id, move.id, trash.id, None)
+    assert flagged is not None and moved is not None
+    assert await storage.delete_messages(user.id, [drop.id]) == drop.size
+
+    everywhere = await search(storage, user.id, "garden")
+    assert (everywhere.items, everywhere.total) == ([moved, flagged], 2)
+    assert (await search(storage, user.id, "spade")).items == [moved]
+    assert (await search(storage, user.id, "garden", mailbox=inbox.id)).items == [flagged]
+    assert (await search(storage, user.id, "garden", mailbox=trash.id)).items == [moved]
+    assert (await search(storage, user.id, "garden", exclude=[trash.id])).items == [flagged]
+    assert (await search(storage, user.id, "cheap")).total == 0
+
+
+async def test_find_thread(storage: Storage) -> None:
+    user, _, (inbox, junk, *_) = await new_user(storage, "olga")
+    other, _, (their_inbox, *_) = await new_user(storage, "pete")
+    now = now_ms()
+    since = now - timedelta(days=30)
+    older = await add(
+        storage, inbox, msgid="<one@example.com>", subject_key="project plan", idate=now - timedelta(days=10)
+    )
+    newer = await add(
+        storage, junk, msgid="<two@example.com>", subject_key="project plan", idate=now - timedelta(days=2)
+    )
+    ancient = await add(storage, inbox, msgid=None, subject_key="old topic", idate=now - timedelta(days=40))
+    await add(storage, inbox, msgid=None, subject_key="", idate=now)
+    theirs = await add(storage, their_inbox, msgid="<theirs@example.com>", subject_key="their topic", idate=now)
+    assert len({older.thread, newer.thread, ancient.thread, theirs.thread}) == 4
+
+    # By Message-ID, any of several, whatever the subject and however old.
+    assert await storage.find_thread(user.id, ["<missing@example.com>", "<one@example.com>"], "", since) == older.thread
+    assert await storage.find_thread(user.id, ["<two@example.com>"], "unrelated", since) == newer.thread
+    assert await storage.find_thread(user.id, ["<one@example.com>"], "project plan", since) == older.thread
+    assert await storage.find_thread(user.id, ["<one@example.com>"], "", now + timedelta(days=1)) == older.thread
+
+    # By subject within the window: the newest such message.
+    assert await storage.find_thread(user.id, [], "project plan", since) == newer.thread
+    assert await storage.find_thread(user.id, ["<missing@example.com>"], "project plan", since) == newer.thread
+    assert await storage.find_thread(user.id, [], "project plan", now - timedelta(days=2)) == newer.thread
+    assert await storage.find_thread(user.id, [], "project plan", now - timedelta(days=1)) is None
+    assert await storage.find_thread(user.id, [], "old topic", since) is None
+    assert await storage.find_thread(user.id, [], "old topic", now - timedelta(days=41)) == ancient.thread
+    assert await storage.find_thread(user.id, [], "project", since) is None
+    # An empty subject key never matches, not even messages without a subject.
+    assert await storage.find_thread(user.id, [], "", now - timedelta(days=365)) is None
+    assert await storage.find_thread(user.id, ["<missing@example.com>"], "", since) is None
+
+    # Never another user's thread.
+    assert await storage.find_thread(user.id, ["<theirs@example.com>"], "their topic", since) is None
+    assert await storage.find_thread(other.id, ["<one@example.com>"], "project plan", since) is None
+    assert await storage.find_thread(other.id, ["<theirs@example.com>"], "", since) == theirs.thread
+    assert await storage.find_thread(other.id, [], "their topic", since) == theirs.thread
+
+
+async def test_update_message_flags(storage: Storage) -> None:
+    user, _, (inbox, junk, *_) = await new_user(storage, "quin")
+    other, _, _ = await new_user(storage, "rosa")
+    message = await add(storage, inbox, flags=["\\Flagged"])
+    bystander = await add(storage, junk)
+    assert await counters_of(storage, inbox, junk) == [(1, 1), (1, 1)]
+    tail = await journal_tail(storage, user.id)
+
+    seen = await storage.update_message(user.id, message.id, {"flags": ["\\Flagged", "\\Seen"]})
+    assert seen is not None
+    assert seen.modseq > bystander.modseq > message.modseq
+    assert seen == replace(message, flags=["\\Flagged", "\\Seen"], modseq=seen.modseq)
+    (entry,) = await storage.read_journal(user.id, tail, 100)
+    assert exists_view(entry) == ("FETCH", inbox.id, message.id, message.uid)
+    assert (entry.id, entry.data.get("flags")) == (seen.modseq, ["\\Flagged", "\\Seen"])
+    assert await storage.get_message(user.id, message.id) == seen
+    assert (await mailbox_of(storage, inbox)).modify_index == seen.modseq
+    assert await counters_of(storage, inbox, junk) == [(1, 0), (1, 1)]
+
+    # Keeping \Seen keeps the counter; dropping it counts the message again.
+    flagged_off = await storage.update_message(user.id, message.id, {"flags": ["\\Seen"]})
+    assert flagged_off is not None and flagged_off.modseq > seen.modseq
+    assert await counters_of(storage, inbox) == [(1, 0)]
+    unseen = await storage.update_message(user.id, message.id, {"flags": ["\\Answered"]})
+    assert unseen is not None and unseen.modseq > flagged_off.modseq
+    assert unseen.flags == ["\\Answered"]
+    assert await counters_of(storage, inbox, junk) == [(1, 1), (1, 1)]
+    entries = await storage.read_journal(user.id, tail, 100)
+    assert [(entry.command, entry.id, entry.data.get("flags")) for entry in entries] == [
+        ("FETCH", seen.modseq, ["\\Flagged", "\\Seen"]),
+        ("FETCH", flagged_off.modseq, ["\\Seen"]),
+        ("FETCH", unseen.modseq, ["\\Answered"]),
+    ]
+    assert (await mailbox_of(storage, inbox)).modify_index == unseen.modseq
+    assert await storage.get_message(user.id, message.id) == unseen
+
+    # The same set of flags again, in any order, is no change and journals nothing.
+    both = await storage.update_message(user.id, message.id, {"flags": ["\\Answered", "\\Seen"]})
+    assert both is not None
+    tail = await journal_tail(storage, user.id)
+    again = await storage.update_message(user.id, message.id, {"flags": ["\\Seen", "\\Answered"]})
+    assert again is not None
+    assert (sorted(again.flags), again.modseq) == (["\\Answered", "\\Seen"], both.modseq)
+    assert await storage.read_journal(user.id, tail, 100) == []
+    assert (await mailbox_of(storage, inbox)).modify_index == both.modseq
+    assert await counters_of(storage, inbox) == [(1, 0)]
+
+    assert await storage.update_message(user.id, oid(), {"flags": ["\\Seen"]}) is None
+    assert await storage.update_message(other.id, bystander.id, {"flags": ["\\Seen"]}) is None
+    assert await storage.get_message(user.id, bystander.id) == bystander
+    assert await storage.read_journal(user.id, tail, 100) == []
+    assert await counters_of(storage, junk) == [(1, 1)]
+
+
+async def test_update_message_expires(storage: Storage) -> None:
+    user, _, (inbox, *_) = await new_user(storage, "sven")
+    message = await add(storage, inbox)
+    tail = await journal_tail(storage, user.id)
+    later = now_ms() + timedelta(days=7)
+
+    updated = await storage.update_message(user.id, message.id, {"expires": later})
+    assert updated == replace(message, expires=later)
+    assert await storage.get_message(user.id, message.id) == replace(message, expires=later)
+    cleared = await storage.update_message(user.id, message.id, {"expires": None})
+    assert cleared == message
+    assert await storage.get_message(user.id, message.id) == message
+    # Expiry is not something clients see: no journal entry, no new modseq.
+    assert await storage.read_journal(user.id, tail, 100) == []
+
+    both = await storage.update_message(user.id, message.id, {"flags": ["\\Seen"], "expires": later})
+    assert both is not None
+    assert both == replace(message, flags=["\\Seen"], expires=later, modseq=both.modseq)
+    assert await storage.get_message(user.id, message.id) == both
+    assert [entry.command for entry in await storage.read_journal(user.id, tail, 100)] == ["FETCH"]
+    assert await storage.update_message(user.id, oid(), {"expires": later}) is None
+
+
+async def test_move_message(storage: Storage) -> None:
+    user, _, (inbox, junk, *_) = await new_user(storage, "tina")
+    other, _, (their_inbox, *_) = await new_user(storage, "ugo")
+    archive = make_mailbox(user, "Archive")
+    await storage.create_mailbox(archive, create_event(archive))
+    staying = await add(storage, inbox, size=10, flags=["\\Seen"])
+    raw = b"Subject: moving\r\n\r\nbody\r\n"
+    moving = await add(storage, inbox, raw=raw, expires=now_ms() + timedelta(days=1), msgid="<m@example.com>")
+    resident = await add(storage, archive, size=30)
+    assert await counters_of(storage, inbox, archive) == [(2, 1), (1, 1)]
+    used = await storage_used(storage, user.id)
+    tail = await journal_tail(storage, user.id)
+    expires = now_ms() + timedelta(days=30)
+
+    moved = await storage.move_message(user.id, moving.id, archive.id, expires)
+    assert moved is not None
+    assert moved.modseq > resident.modseq
+    assert moved == replace(moving, mailbox=archive.id, uid=2, expires=expires, modseq=moved.modseq)
+    assert await storage.get_message(user.id, moving.id) == moved
+    assert await storage.get_message_source(user.id, moving.id) == raw
+
+    expunge, exists = await storage.read_journal(user.id, tail, 100)
+    assert exists_view(expunge) == ("EXPUNGE", inbox.id, moving.id, 2)
+    assert exists_view(exists) == ("EXISTS", archive.id, moving.id, 2)
+    assert expunge.id < exists.id == moved.modseq
+    assert (exists.data.get("flags"), exists.data.get("thread")) == (moving.flags, moving.thread)
+
+    assert await uids(storage, inbox) == [1]
+    assert ids((await storage.list_messages(user.id, archive.id, PageQuery(limit=10))).items) == [
+        resident.id,
+        moving.id,
+    ]
+    assert await counters_of(storage, inbox, archive) == [(1, 0), (2, 2)]
+    target = await mailbox_of(storage, archive)
+    assert (target.uid_next, target.modify_index) == (3, moved.modseq)
+    assert (await mailbox_of(storage, inbox)).uid_next == 3
+    assert await storage_used(storage, user.id) == used
+
+    # Back again: the next UID of the inbox, expiry cleared; a seen message leaves unseen alone.
+    back = await storage.move_message(user.id, moving.id, inbox.id, None)
+    assert back == replace(moving, uid=3, expires=None, modseq=back.modseq if back else 0)
+    seen_moved = await storage.move_message(user.id, staying.id, junk.id, None)
+    assert seen_moved is not None and (seen_moved.mailbox, seen_moved.uid) == (junk.id, 1)
+    assert await counters_of(storage, inbox, archive, junk) == [(1, 1), (1, 1), (1, 0)]
+
+    # A missing target or message changes nothing.
+    tail = await journal_tail(storage, user.id)
+    their_tail = await journal_tail(storage, other.id)
+    before = await storage.get_message(user.id, resident.id)
+    assert await storage.move_message(user.id, resident.id, oid(), None) is None
+    assert await storage.move_message(user.id, resident.id, their_inbox.id, None) is None
+    assert await storage.move_message(user.id, oid(), inbox.id, None) is None
+    assert await storage.move_message(other.id, resident.id, their_inbox.id, None) is None
+    assert await storage.get_message(user.id, resident.id) == before
+    assert await storage.read_journal(user.id, tail, 100) == []
+    assert await storage.read_journal(other.id, their_tail, 100) == []
+    assert await counters_of(storage, inbox, archive, junk) == [(1, 1), (1, 1), (1, 0)]
+    assert await counters_of(storage, their_inbox) == [(0, 0)]
+    assert (await mailbox_of(storage, archive)).uid_next == 3
+    assert await storage_used(storage, user.id) == used
+
+
+async def test_delete_messages(storage: Storage) -> None:
+    user, _, (inbox, junk, *_) = await new_user(storage, "vic")
+    other, _, (their_inbox, *_) = await new_user(storage, "wes")
+    a = await add(storage, inbox, size=100, flags=["\\Seen"])
+    b = await add(storage, inbox, size=200)
+    c = await add(storage, inbox, size=300)
+    d = await add(storage, junk, size=400)
+    theirs = await add(storage, their_inbox, size=500)
+    assert await storage_used(storage, user.id) == 1000
+    tail = await journal_tail(storage, user.id)
+
+    assert await storage.delete_messages(user.id, [a.id, d.id, oid()]) == 500
+    assert await storage_used(storage, user.id) == 500
+    entries = await storage.read_journal(user.id, tail, 100)
+    assert sorted(exists_view(entry) for entry in entries) == sorted(
+        [("EXPUNGE", inbox.id, a.id, 1), ("EXPUNGE", junk.id, d.id, 1)]
+    )
+    assert all(entry.id > tail for entry in entries)
+    assert await counters_of(storage, inbox, junk) == [(2, 2), (0, 0)]
+    for gone in (a, d):
+        assert await storage.get_message(user.id, gone.id) is None
+        assert await storage.get_message_source(user.id, gone.id) is None
+    assert await storage.get_message(user.id, b.id) == b
+    assert await storage.get_message_source(user.id, b.id) is not None
+    assert await uids(storage, inbox) == [2, 3]
+
+    # Deleting them again, or another user's message, frees nothing.
+    tail = await journal_tail(storage, user.id)
+    assert await storage.delete_messages(user.id, [a.id, d.id]) == 0
+    assert await storage.delete_messages(user.id, [theirs.id]) == 0
+    assert await storage.delete_messages(user.id, []) == 0
+    assert await storage.get_message(other.id, theirs.id) == theirs
+    assert await storage_used(storage, other.id) == 500
+    assert await storage_used(storage, user.id) == 500
+    assert await storage.read_journal(user.id, tail, 100) == []
+    their_entries = await storage.read_journal(other.id, 0, 100)
+    assert [entry.command for entry in their_entries if entry.message == theirs.id] == ["EXISTS"]
+
+    assert await storage.delete_messages(user.id, [b.id, c.id]) == 500
+    assert await storage_used(storage, user.id) == 0
+    assert await counters_of(storage, inbox) == [(0, 0)]
+    page = await storage.list_messages(user.id, inbox.id, PageQuery(limit=10))
+    assert (page.items, page.more, page.total) == ([], False, 0)
+
+
+async def test_concurrent_deletion_of_one_message_frees_it_once(storage: Storage) -> None:
+    user, _, (inbox, *_) = await new_user(storage, "xavi")
+    kept = await add(storage, inbox, size=50)
+    doomed = await add(storage, inbox, size=321)
+    tail = await journal_tail(storage, user.id)
+
+    results = await asyncio.gather(*(storage.delete_messages(user.id, [doomed.id]) for _ in range(10)))
+    assert sorted(results) == [0] * 9 + [321]
+    assert await storage_used(storage, user.id) == 50
+    assert await counters_of(storage, inbox) == [(1, 1)]
+    entries = await storage.read_journal(user.id, tail, 100)
+    assert [exists_view(entry) for entry in entries] == [("EXPUNGE", inbox.id, doomed.id, doomed.uid)]
+    assert await storage.get_message(user.id, kept.id) == kept
+
+
+async def replay_journal(storage: Storage, user_id: str) -> dict[str, dict[int, str]]:
+    """Mailbox id -> {uid: message id}, as a client following the journal would see it."""
+    seen: dict[str, dict[int, str]] = {}
+    for entry in await storage.read_journal(user_id, 0, 100_000):
+        if entry.command == "EXISTS":
+            assert entry.mailbox is not None and entry.uid is not None and entry.message is not None
+            seen.setdefault(entry.mailbox, {})[entry.uid] = entry.message
+        elif entry.command == "EXPUNGE":
+            assert entry.mailbox is not None and entry.uid is not None
+            seen.get(entry.mailbox, {}).pop(entry.uid, None)
+        elif entry.command == "DELETE" and entry.mailbox is not None:
+            seen.pop(entry.mailbox, None)
+    return {mailbox: uids for mailbox, uids in seen.items() if uids}
+
+
+async def test_concurrent_changes_keep_journal_counters_and_storage_consistent(storage: Storage) -> None:
+    user, _, (inbox, junk, _, trash) = await new_user(storage, "yves")
+    archive = make_mailbox(user, "Archive")
+    await storage.create_mailbox(archive, create_event(archive))
+    messages = [await add(storage, inbox, size=100 + n, flags=["\\Seen"] if n % 3 == 0 else []) for n in range(20)]
+    targets = [archive, junk, trash]
+
+    await asyncio.gather(
+        # Moves, one message several times at once to different mailboxes.
+        *(storage.move_message(user.id, messages[n].id, targets[n % 3].id, None) for n in range(8)),
+        *(storage.move_message(user.id, messages[0].id, target.id, None) for target in targets),
+        # Deletions, each message twice.
+        *(storage.delete_messages(user.id, [messages[n].id]) for n in range(8, 12) for _ in range(2)),
+        storage.delete_messages(user.id, [messages[12].id, messages[13].id]),
+        # Flag changes and new messages.
+        *(storage.update_message(user.id, messages[n].id, {"flags": ["\\Seen"]}) for n in range(14, 18)),
+        *(storage.add_message(make_message(box, size=7), b"n" * 7, search_text(), None) for box in targets * 2),
+    )
+
+    boxes = [inbox, archive, junk, trash]
+    listed: dict[str, list[Message]] = {
+        box.id: (await storage.list_messages(user.id, box.id, PageQuery(limit=1000))).items for box in boxes
+    }
+    everything = [message for items in listed.values() for message in items]
+    # Every message is in exactly one mailbox; the deleted ones in none.
+    assert len(everything) == len({message.id for message in everything}) == 20 - 6 + 6
+    assert not {message.id for message in everything} & set(ids(messages[8:14]))
+    assert set(ids(messages[:8] + messages[14:])) <= {message.id for message in everything}
+    for message in everything:
+        assert await storage.get_message(user.id, message.id) == message
+
+    # Counters, storage used and the journal all agree with the listings.
+    counters = await storage.mailbox_counters(user.id, ids(boxes))
+    for box in boxes:
+        items = listed[box.id]
+        assert counters[box.id] == MailboxCounters(len(items), sum(not m.seen for m in items)), box.path
+        if items:
+            assert (await mailbox_of(storage, box)).modify_index >= max(m.modseq for m in items)
+    assert await storage_used(storage, user.id) == sum(m.size for m in everything)
+    assert await storage.recalculate_storage(user.id) == sum(m.size for m in everything)
+    assert await replay_journal(storage, user.id) == {
+        box_id: {m.uid: m.id for m in items} for box_id, items in listed.items() if items
+    }
+    for n in range(14, 18):
+        assert (await storage.get_message(user.id, messages[n].id)).flags == ["\\Seen"]  # type: ignore[union-attr]
+
+
+async def test_expired_messages(storage: Storage) -> None:
+    user, _, (inbox, junk, *_) = await new_user(storage, "yara")
+    other, _, (their_inbox, *_) = await new_user(storage, "zack")
+    now = now_ms()
+    long_ago = await add(storage, inbox, expires=now - timedelta(days=3))
+    just_now = await add(storage, junk, expires=now)
+    await add(storage, inbox, expires=now + timedelta(milliseconds=1))
+    await add(storage, inbox, expires=now + timedelta(days=1))
+    await add(storage, inbox, expires=None)
+    theirs = await add(storage, their_inbox, expires=now - timedelta(seconds=1))
+    expected = {(user.id, long_ago.id), (user.id, just_now.id), (other.id, theirs.id)}
+
+    found = await storage.expired_messages(now, 100)
+    assert sorted(found) == sorted(expected)
+    some = await storage.expired_messages(now, 2)
+    assert len(some) == 2 and set(some) <= expected
+    (one,) = await storage.expired_messages(now, 1)
+    assert one in expected
+    assert await storage.expired_messages(now - timedelta(days=4), 100) == []
+
+    assert await storage.update_message(user.id, long_ago.id, {"expires": None}) is not None
+    assert await storage.delete_messages(other.id, [theirs.id]) == theirs.size
+    assert await storage.expired_messages(now, 100) == [(user.id, just_now.id)]
+    assert len(await storage.expired_messages(now + timedelta(days=2), 100)) == 3
+
+
+async def test_recalculate_storage(storage: Storage) -> None:
     user, _, (inbox, junk, *_) = await new_user(storage, "emma", storage_used=5)
     other, _, (their_inbox, *_) = await new_user(storage, "finn")
     assert await storage.recalculate_storage(user.id) == 0
-    await insert_messages(
-        storage_url,
-        [
-            make_message(inbox, 1, 1000),
-            make_message(inbox, 2, 2500, ["\\Seen"]),
-            make_message(junk, 1, 40),
-            make_message(their_inbox, 1, 7777),
-        ],
-    )
-    assert await storage.recalculate_storage(user.id) == 3540
-    stored = await storage.get_user(user.id)
-    assert stored is not None and stored.storage_used == 3540
+    first = await add(storage, inbox, size=1000)
+    await add(storage, inbox, size=2500, flags=["\\Seen"])
+    dropped = await add(storage, junk, size=40)
+    await add(storage, junk, size=60)
+    await add(storage, their_inbox, size=7777)
+    assert await storage_used(storage, user.id) == 3600
+    assert await storage.delete_messages(user.id, [dropped.id]) == 40
+    assert await storage.update_user(user.id, {"storage_used": 123}) is True
+
+    assert await storage.recalculate_storage(user.id) == 3560
+    assert await storage_used(storage, user.id) == 3560
     assert await storage.recalculate_storage(other.id) == 7777
-    stored = await storage.get_user(user.id)
-    assert stored is not None and stored.storage_used == 3540
+    assert await storage_used(storage, user.id) == 3560
+    await storage.move_message(user.id, first.id, junk.id, None)
+    assert await storage.recalculate_storage(user.id) == 3560
+    assert await storage.recalculate_storage(oid()) == 0
 
 
-async def test_delete_mailbox_frees_its_messages(storage: Storage, storage_url: str) -> None:
+async def test_delete_mailbox_frees_its_messages(storage: Storage) -> None:
     user, _, (inbox, junk, *_) = await new_user(storage, "gus")
     other, _, (their_inbox, *_) = await new_user(storage, "hope")
-    await insert_messages(
-        storage_url,
-        [
-            make_message(inbox, 1, 1000),
-            make_message(junk, 1, 300),
-            make_message(junk, 2, 200, ["\\Seen"]),
-            make_message(their_inbox, 1, 50),
-        ],
-    )
-    assert await storage.recalculate_storage(user.id) == 1500
-    assert await storage.recalculate_storage(other.id) == 50
+    kept = await add(storage, inbox, size=1000, search=search_text("Keep me"))
+    doomed = [
+        await add(storage, junk, size=300, search=search_text("Doomed one")),
+        await add(storage, junk, size=200, flags=["\\Seen"], search=search_text("Doomed two")),
+    ]
+    await add(storage, their_inbox, size=50)
+    assert await storage_used(storage, user.id) == 1500
+    tail = await journal_tail(storage, user.id)
 
     assert await storage.delete_mailbox(user.id, junk.id, JournalEvent("DELETE", mailbox=junk.id)) == 500
-    stored = await storage.get_user(user.id)
-    assert stored is not None and stored.storage_used == 1000
+    assert await storage_used(storage, user.id) == 1000
     assert await storage.recalculate_storage(user.id) == 1000  # the messages are gone too
+    assert [entry.command for entry in await storage.read_journal(user.id, tail, 100)] == ["DELETE"]
+    for message in doomed:
+        assert await storage.get_message(user.id, message.id) is None
+        assert await storage.get_message_source(user.id, message.id) is None
+    assert (await search(storage, user.id, "doomed")).total == 0
+    assert (await search(storage, user.id, "keep")).items == [kept]
+    page = await storage.list_messages(user.id, junk.id, PageQuery(limit=10))
+    assert (page.items, page.total) == ([], 0)
     assert await storage.mailbox_counters(user.id, [inbox.id]) == {inbox.id: MailboxCounters(1, 1)}
-    stored_other = await storage.get_user(other.id)
-    assert stored_other is not None and stored_other.storage_used == 50
+    assert await storage.get_message(user.id, kept.id) == kept
+    assert await storage_used(storage, other.id) == 50
 
 
-async def test_concurrent_deletion_frees_bytes_once(storage: Storage, storage_url: str) -> None:
+async def test_concurrent_deletion_frees_bytes_once(storage: Storage) -> None:
     user, _, (inbox, junk, *_) = await new_user(storage, "ivy")
-    await insert_messages(storage_url, [make_message(inbox, 1, 100), make_message(junk, 1, 400)])
-    assert await storage.recalculate_storage(user.id) == 500
+    await add(storage, inbox, size=100)
+    await add(storage, junk, size=400)
+    assert await storage_used(storage, user.id) == 500
     tail = await journal_tail(storage, user.id)
 
     results = await asyncio.gather(
         *(storage.delete_mailbox(user.id, junk.id, JournalEvent("DELETE", mailbox=junk.id)) for _ in range(10))
     )
     assert sorted(results) == [-1] * 9 + [400]
-    stored = await storage.get_user(user.id)
-    assert stored is not None and stored.storage_used == 100
+    assert await storage_used(storage, user.id) == 100
     assert [entry.command for entry in await storage.read_journal(user.id, tail, 100)] == ["DELETE"]
 
 
@@ -1031,7 +1760,7 @@ async def test_journal_records_mailbox_changes(storage: Storage) -> None:
     await storage.rename_mailboxes(
         user.id,
         [(box.id, "Lists/Old")],
-        [JournalEvent("RENAME", mailbox=box.id, modseq=4, data={"path": "Lists/Old", "old": {"path": "Lists"}})],
+        [JournalEvent("RENAME", mailbox=box.id, data={"path": "Lists/Old", "old": {"path": "Lists"}})],
     )
     message_id = oid()
     await storage.delete_mailbox(
@@ -1048,10 +1777,11 @@ async def test_journal_records_mailbox_changes(storage: Storage) -> None:
         {"path": "Lists/Old", "old": {"path": "Lists"}},
         {"tags": [1, "a"]},
     ]
+    # An entry about a message carries its own id as the message's modseq.
     assert [(entry.message, entry.uid, entry.modseq) for entry in entries] == [
         (None, None, None),
-        (None, None, 4),
-        (message_id, 9, None),
+        (None, None, None),
+        (message_id, 9, entries[2].id),
     ]
     for entry in entries:
         assert isinstance(entry, JournalEntry)
