@@ -2,6 +2,7 @@
 
 ``api`` runs on both storage backends (through ``storage_url``). ``make_api``
 builds one with changed settings, e.g. an access token or lower rate limits.
+Its LMTP maildrop listens on a free loopback port (``helpers.lmtp_port``).
 ``transcript`` is the list of every response text a test received through
 ``helpers.call`` (emptied before each test), for scanning replies for secrets.
 """
@@ -25,7 +26,7 @@ ApiFactory = Callable[..., Awaitable[TestClient]]
 @pytest.fixture
 def make_api(storage_url: str, aiohttp_client: Any) -> ApiFactory:
     async def factory(**overrides: Any) -> TestClient:
-        settings = dataclasses.replace(Settings(storage=storage_url, bcrypt_rounds=4), **overrides)
+        settings = dataclasses.replace(Settings(storage=storage_url, bcrypt_rounds=4, lmtp_port=0), **overrides)
         return await aiohttp_client(create_app(settings))
 
     return factory

@@ -12,14 +12,17 @@ a test can scan everything the server said for a secret.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from dataclasses import dataclass
+import smtplib
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
+from merganser.app import LMTP_SERVER
 from merganser.resolvers.context import Core
 from merganser.rest_compat.http import CORE
 
@@ -178,3 +181,159 @@ async def add_address(api: TestClient, user_id: str, address: str, **fields: Any
 
 async def create_asp(api: TestClient, user_id: str, description: str = "Mail app", **fields: Any) -> dict[str, Any]:
     return assert_ok(await call(api, "POST", f"/users/{user_id}/asps", {"description": description, **fields}))
+
+
+# Messages
+
+
+def crlf(text: str) -> bytes:
+    """A message written with "\\n" line ends, as the CRLF bytes that travel over LMTP."""
+    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode()
+
+
+def simple_message(subject: str = "Hello", body: str = "Hello there.", **headers: str) -> bytes:
+    """A small text message; extra headers are given as keyword arguments (``Message_ID="<a@b>"``)."""
+    lines = [
+        "From: Sender Name <sender@example.org>",
+        "To: Test User <testuser@example.com>",
+        f"Subject: {subject}",
+        *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
+        "",
+        body,
+        "",
+    ]
+    return crlf("\n".join(lines))
+
+
+async def mailbox_id(api: TestClient, user_id: str, path: str = "INBOX") -> str:
+    return (await mailboxes(api, user_id))[path]["id"]
+
+
+async def counters(api: TestClient, user_id: str, mailbox: str) -> tuple[int, int]:
+    """(total, unseen) of one mailbox."""
+    body = assert_ok(await get(api, f"/users/{user_id}/mailboxes/{mailbox}"))
+    return body["total"], body["unseen"]
+
+
+async def list_messages(api: TestClient, user_id: str, mailbox: str, **params: Any) -> dict[str, Any]:
+    return assert_ok(await get(api, f"/users/{user_id}/mailboxes/{mailbox}/messages", **params))
+
+
+async def message_ids(api: TestClient, user_id: str, mailbox: str) -> list[str]:
+    """Ids of every message in a mailbox, newest first (at most 250)."""
+    return [item["id"] for item in (await list_messages(api, user_id, mailbox, limit=250))["results"]]
+
+
+async def get_message(api: TestClient, user_id: str, mailbox: str, message: str) -> dict[str, Any]:
+    return assert_ok(await get(api, f"/users/{user_id}/mailboxes/{mailbox}/messages/{message}"))
+
+
+async def raw_request(
+    api: TestClient, method: str, path: str, **kwargs: Any
+) -> tuple[int, bytes, CIMultiDictProxy[str]]:
+    """A request whose reply may not be JSON (message sources, attachments); never a 500."""
+    async with api.request(method, path, **kwargs) as response:
+        content = await response.read()
+        status, reply_headers = response.status, response.headers
+    assert status < 500, f"{method} {path} answered {status}: {content[:500]!r}"
+    return status, content, reply_headers
+
+
+async def message_source(api: TestClient, user_id: str, mailbox: str, message: str) -> bytes:
+    status, content, headers = await raw_request(
+        api, "GET", f"/users/{user_id}/mailboxes/{mailbox}/messages/{message}/message.eml"
+    )
+    assert status == 200, content
+    assert headers["Content-Type"] == "message/rfc822", headers
+    return content
+
+
+async def upload_message(api: TestClient, user_id: str, mailbox: str, raw: bytes, **params: Any) -> dict[str, Any]:
+    """POST a raw message/rfc822 body; query parameters carry the flags."""
+    reply = await call(
+        api,
+        "POST",
+        f"/users/{user_id}/mailboxes/{mailbox}/messages",
+        data=raw,
+        params=params or None,
+        headers={"Content-Type": "message/rfc822"},
+    )
+    body = assert_ok(reply)
+    assert set(body) == {"success", "id", "mailbox", "uid"}, reply.text
+    return body
+
+
+async def quota_used(api: TestClient, user_id: str) -> int:
+    return (await get_user(api, user_id))["limits"]["quota"]["used"]
+
+
+# LMTP
+
+
+def lmtp_port(api: TestClient) -> int:
+    """The port the server's LMTP maildrop listens on."""
+    return api.server.app[LMTP_SERVER].sockets[0].getsockname()[1]
+
+
+LmtpReply = tuple[int, bytes]
+
+
+@dataclass
+class Transaction:
+    """The server's replies to one LMTP mail transaction."""
+
+    mail: LmtpReply
+    rcpt: list[LmtpReply] = field(default_factory=list)
+    data: list[LmtpReply] = field(default_factory=list)
+
+    @property
+    def data_codes(self) -> list[int]:
+        return [code for code, _ in self.data]
+
+
+def dot_stuff(raw: bytes) -> bytes:
+    """RFC 5321 4.5.2: a line starting with "." gets another one."""
+    return re.sub(rb"(?m)^\.", b"..", raw)
+
+
+def lmtp_transaction(
+    port: int,
+    recipients: list[str],
+    raw: bytes,
+    sender: str = "sender@example.org",
+    mail_options: tuple[str, ...] = (),
+) -> Transaction:
+    """One mail transaction with a real LMTP client (blocking: run it in a thread).
+
+    After DATA the server answers once per accepted recipient; every reply is
+    read. ``raw`` must end with CRLF.
+    """
+    assert raw.endswith(b"\r\n")
+    with smtplib.LMTP("127.0.0.1", port, timeout=30) as client:
+        code, message = client.ehlo("client.example.org")  # LHLO
+        assert code == 250, message
+        result = Transaction(client.mail(sender, list(mail_options)))
+        if result.mail[0] != 250:
+            return result
+        result.rcpt = [client.rcpt(address) for address in recipients]
+        accepted = sum(1 for code, _ in result.rcpt if code == 250)
+        if not accepted:
+            return result
+        code, message = client.docmd("DATA")
+        assert code == 354, message
+        client.send(dot_stuff(raw) + b".\r\n")
+        result.data = [client.getreply() for _ in range(accepted)]
+        return result
+
+
+async def deliver(api: TestClient, recipients: str | list[str], raw: bytes, **options: Any) -> Transaction:
+    """Deliver over the server's LMTP port from a worker thread (the server runs on this loop)."""
+    targets = [recipients] if isinstance(recipients, str) else recipients
+    return await asyncio.to_thread(lmtp_transaction, lmtp_port(api), targets, raw, **options)
+
+
+async def deliver_ok(api: TestClient, recipient: str, raw: bytes) -> None:
+    """Deliver to one recipient and insist on 250 at RCPT and after DATA."""
+    result = await deliver(api, recipient, raw)
+    assert result.rcpt[0][0] == 250, result
+    assert result.data_codes == [250], result
