@@ -76,6 +76,12 @@ async def _close_server(server: asyncio.Server) -> None:
     await server.wait_closed()
 
 
+async def _close_forwarder(core: Core) -> None:
+    """Close whichever forwarder the core holds by the time the server stops."""
+    if core.forwarder is not None:
+        await core.forwarder.close()
+
+
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
@@ -100,8 +106,7 @@ def create_app(settings: Settings) -> web.Application:
         async with contextlib.AsyncExitStack() as opened:
             await storage.open()
             opened.push_async_callback(storage.close)
-            if core.forwarder is not None:
-                opened.push_async_callback(core.forwarder.close)
+            opened.push_async_callback(_close_forwarder, core)
             lmtp = await start_lmtp(core)
             opened.push_async_callback(_close_server, lmtp)
             app[LMTP_SERVER] = lmtp

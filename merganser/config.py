@@ -69,7 +69,7 @@ HELP: dict[str, str] = {
     "auth_failure_window": "rate-limit window for failed authentications, in seconds",
     "max_body_size": "largest accepted API request body in bytes (default 1 MiB)",
     "lmtp_host": "address the LMTP maildrop listens on (default 127.0.0.1)",
-    "lmtp_port": "port of the LMTP maildrop (default 2424; 0 turns it off)",
+    "lmtp_port": "port of the LMTP maildrop (default 2424; 0 picks a free port, which is logged)",
     "max_message_size": "largest accepted message in bytes, announced with SIZE (default 50 MiB)",
     "smtp_relay": "HOST:PORT of the SMTP relay that forwarded copies are sent through",
     "gc_interval": "seconds between runs of the expired-message collector (default 300)",

@@ -245,6 +245,7 @@ async def list_messages(
         lambda query: core.storage.list_messages(mailbox.user, mailbox.id, query),
         lambda message: message.uid,
         descending=data.order == "desc",
+        numeric=True,
     )
     return mailbox, page
 

@@ -40,33 +40,34 @@ def encode_cursor(direction: str, key: Key) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _check_key(key: object) -> Key:
-    """Keys are record ids or non-negative integers such as UIDs."""
-    if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 2**63:
+def _check_key(key: object, numeric: bool) -> Key:
+    """Keys are record ids, or non-negative integers (UIDs) where ``numeric``."""
+    if numeric and isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 2**63:
         return key
-    if isinstance(key, str):
+    if not numeric and isinstance(key, str):
         return check_id(key, "cursor")
     raise ValueError(key)
 
 
-def decode_cursor(cursor: str, expected: str) -> Key:
-    """Return the key of a cursor, refusing anything this module did not make."""
+def decode_cursor(cursor: str, expected: str, numeric: bool = False) -> Key:
+    """Return the key of a cursor, refusing anything this module did not make
+    and cursors made for another kind of listing."""
     try:
         document = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if document["d"] != expected:
             raise ValueError(document["d"])
-        return _check_key(document["k"])
+        return _check_key(document["k"], numeric)
     except (ValueError, KeyError, TypeError, binascii.Error, ValidationError, UnicodeDecodeError):
         raise ValidationError("Invalid paging cursor") from None
 
 
-def page_query(paging: Paging, descending: bool = False) -> PageQuery:
+def page_query(paging: Paging, descending: bool = False, numeric: bool = False) -> PageQuery:
     if paging.next and paging.previous:
         raise ValidationError("Give either next or previous, not both")
     return PageQuery(
         limit=paging.limit,
-        after=decode_cursor(paging.next, "next") if paging.next else None,
-        before=decode_cursor(paging.previous, "previous") if paging.previous else None,
+        after=decode_cursor(paging.next, "next", numeric) if paging.next else None,
+        before=decode_cursor(paging.previous, "previous", numeric) if paging.previous else None,
         descending=descending,
     )
 
@@ -76,9 +77,13 @@ async def paginate(
     fetch: Callable[[PageQuery], Awaitable[Slice[T]]],
     key: Callable[[T], Key],
     descending: bool = False,
+    numeric: bool = False,
 ) -> PageResult[T]:
-    """Fetch one page and work out the cursors of its neighbours."""
-    query = page_query(paging, descending)
+    """Fetch one page and work out the cursors of its neighbours.
+
+    ``numeric`` says the listing is keyed by integers (UIDs) rather than ids.
+    """
+    query = page_query(paging, descending, numeric)
     found = await fetch(query)
     items = found.items
     if query.before is not None:
