@@ -397,5 +397,9 @@ async def search(core: Core, user_id: str, data: SearchMessages) -> PageResult[M
         ]
         query = SearchQuery(terms, exclude=excluded)
     return await paginate(
-        data, lambda page: core.storage.search_messages(user.id, query, page), lambda m: m.id, descending=True
+        data,
+        lambda page: core.storage.search_messages(user.id, query, page),
+        lambda message: message.id,
+        descending=True,
+        numeric=None,
     )

@@ -40,16 +40,17 @@ def encode_cursor(direction: str, key: Key) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _check_key(key: object, numeric: bool) -> Key:
-    """Keys are record ids, or non-negative integers (UIDs) where ``numeric``."""
-    if numeric and isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 2**63:
+def _check_key(key: object, numeric: bool | None) -> Key:
+    """Keys are record ids, or non-negative integers (UIDs) where ``numeric``;
+    ``numeric=None`` accepts either (the storage backend chose)."""
+    if numeric is not False and isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 2**63:
         return key
-    if not numeric and isinstance(key, str):
+    if numeric is not True and isinstance(key, str):
         return check_id(key, "cursor")
     raise ValueError(key)
 
 
-def decode_cursor(cursor: str, expected: str, numeric: bool = False) -> Key:
+def decode_cursor(cursor: str, expected: str, numeric: bool | None = False) -> Key:
     """Return the key of a cursor, refusing anything this module did not make
     and cursors made for another kind of listing."""
     try:
@@ -61,7 +62,7 @@ def decode_cursor(cursor: str, expected: str, numeric: bool = False) -> Key:
         raise ValidationError("Invalid paging cursor") from None
 
 
-def page_query(paging: Paging, descending: bool = False, numeric: bool = False) -> PageQuery:
+def page_query(paging: Paging, descending: bool = False, numeric: bool | None = False) -> PageQuery:
     if paging.next and paging.previous:
         raise ValidationError("Give either next or previous, not both")
     return PageQuery(
@@ -77,24 +78,26 @@ async def paginate(
     fetch: Callable[[PageQuery], Awaitable[Slice[T]]],
     key: Callable[[T], Key],
     descending: bool = False,
-    numeric: bool = False,
+    numeric: bool | None = False,
 ) -> PageResult[T]:
     """Fetch one page and work out the cursors of its neighbours.
 
-    ``numeric`` says the listing is keyed by integers (UIDs) rather than ids.
+    ``numeric`` says the listing is keyed by integers (UIDs) rather than ids;
+    None leaves it to the storage, which then returns the keys with the page.
     """
     query = page_query(paging, descending, numeric)
     found = await fetch(query)
     items = found.items
+    keys = found.keys if found.keys is not None else [key(item) for item in items]
     if query.before is not None:
         has_previous, has_next = found.more, True
     else:
         has_previous, has_next = query.after is not None, found.more
     next_cursor = previous_cursor = None
     if has_next:
-        edge = key(items[-1]) if items else query.before
+        edge = keys[-1] if keys else query.before
         next_cursor = encode_cursor("next", edge) if edge else None
     if has_previous:
-        edge = key(items[0]) if items else query.after
+        edge = keys[0] if keys else query.after
         previous_cursor = encode_cursor("previous", edge) if edge else None
     return PageResult(items, found.total, paging.page, next_cursor, previous_cursor)

@@ -215,6 +215,9 @@ class Slice(Generic[T]):
     items: list[T]
     more: bool
     total: int
+    keys: list[str | int] | None = None
+    """Paging keys of the items, where the backend pages by something other
+    than the record id (a search index's own row order, say)."""
 
 
 @dataclass(slots=True)
@@ -402,7 +405,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def search_messages(self, user_id: str, query: SearchQuery, page: PageQuery) -> Slice[Message]:
-        """Messages matching every term, newest first; the page keys are message ids."""
+        """Messages matching every term, newest first.
+
+        The backend chooses the paging keys (message ids, or the positions in
+        its search index) and returns them in ``Slice.keys``.
+        """
 
     @abc.abstractmethod
     async def find_thread(self, user_id: str, msgids: list[str], subject_key: str, since: datetime) -> str | None:
