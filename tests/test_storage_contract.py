@@ -159,7 +159,7 @@ def search_text(subject: str = "", contacts: str = "", body: str = "") -> Search
     """Search text whose terms are exactly the casefolded words of the text, so
     a fulltext index over the text and a match on the terms agree."""
     terms = list(dict.fromkeys(re.findall(r"[^\W_]+", f"{subject} {contacts} {body}".casefold())))
-    return SearchText(subject, contacts, body, terms)
+    return SearchText(subject, contacts, body, lambda: terms)
 
 
 async def add(

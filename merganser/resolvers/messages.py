@@ -13,6 +13,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
@@ -83,7 +84,7 @@ def _summary(parsed: ParsedMessage) -> dict[str, Any]:
 def _search_text(parsed: ParsedMessage) -> SearchText:
     people = [parsed.from_, *parsed.to, *parsed.cc]
     contacts = " ".join(f"{person.name} {person.address}" for person in people if person)
-    return SearchText(parsed.subject, contacts, parsed.text[:SEARCH_BODY_LIMIT], search_terms(parsed))
+    return SearchText(parsed.subject, contacts, parsed.text[:SEARCH_BODY_LIMIT], partial(search_terms, parsed))
 
 
 async def prepare(raw: bytes) -> Prepared:

@@ -10,6 +10,7 @@ is the job of ``merganser.resolvers``.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -141,13 +142,15 @@ class Message:
 class SearchText:
     """What a message is found by: plain text per field, and its word tokens.
 
-    Backends with a fulltext engine index the text; others store ``terms``.
+    Backends with a fulltext engine index the text; others store the tokens,
+    which ``terms`` computes only when called, since tokenizing a message is
+    a good part of the cost of delivering it.
     """
 
     subject: str
     contacts: str
     body: str
-    terms: list[str]
+    terms: Callable[[], list[str]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -952,7 +952,7 @@ class MongoStorage(Storage):
                 data={"flags": list(message.flags), "thread": message.thread},
             )
             stored = replace(message, uid=uid, modseq=await self._append_journal(message.user, exists))
-            document = _message_document(stored, search.terms, source["source"], source["chunks"])
+            document = _message_document(stored, search.terms(), source["source"], source["chunks"])
             await self._collection("messages").insert_one(document)
         except _MailboxGone:
             await self._release(message.user, [source])

@@ -423,15 +423,20 @@ class SQLiteStorage(Storage):
 
     # Reading helpers
 
-    async def _one(self, sql: str, params: Sequence[Any]) -> aiosqlite.Row | None:
-        """One row found by key, read on the event loop (see the module docstring)."""
+    async def _few(self, sql: str, params: Sequence[Any]) -> list[aiosqlite.Row]:
+        """Rows found by key, read on the event loop (see the module docstring).
+
+        Only for reads bounded by one user's small sets: a user's mailboxes,
+        addresses or application passwords, or a single record.
+        """
         assert self._lookups is not None, "storage is not open"
         try:
-            row: aiosqlite.Row | None = self._lookups.execute(sql, params).fetchone()
+            return self._lookups.execute(sql, params).fetchall()
         except sqlite3.OperationalError:
-            rows = await self._read.execute_fetchall(sql, params)
-            return next(iter(rows), None)
-        return row
+            return list(await self._read.execute_fetchall(sql, params))
+
+    async def _one(self, sql: str, params: Sequence[Any]) -> aiosqlite.Row | None:
+        return next(iter(await self._few(sql, params)), None)
 
     async def _page(
         self,
@@ -582,7 +587,7 @@ class SQLiteStorage(Storage):
         return _address(row) if row else None
 
     async def list_user_addresses(self, user_id: str) -> list[Address]:
-        rows = await self._read.execute_fetchall("SELECT * FROM addresses WHERE user = ? ORDER BY id", [user_id])
+        rows = await self._few("SELECT * FROM addresses WHERE user = ? ORDER BY id", [user_id])
         return [_address(row) for row in rows]
 
     async def search_addresses(self, query: str | None, page: PageQuery) -> Slice[Address]:
@@ -602,7 +607,7 @@ class SQLiteStorage(Storage):
         )
 
     async def list_asps(self, user_id: str) -> list[ApplicationPassword]:
-        rows = await self._read.execute_fetchall("SELECT * FROM asps WHERE user = ? ORDER BY id", [user_id])
+        rows = await self._few("SELECT * FROM asps WHERE user = ? ORDER BY id", [user_id])
         return [_asp(row) for row in rows]
 
     async def delete_asp(self, user_id: str, asp_id: str) -> bool:
@@ -721,9 +726,7 @@ class SQLiteStorage(Storage):
         ]
 
     async def list_mailboxes(self, user_id: str) -> list[Mailbox]:
-        rows = await self._read.execute_fetchall(
-            f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE user = ? ORDER BY path", [user_id]
-        )
+        rows = await self._few(f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE user = ? ORDER BY path", [user_id])
         return [_mailbox(row) for row in rows]
 
     async def get_mailbox(self, user_id: str, mailbox_id: str) -> Mailbox | None:
