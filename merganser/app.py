@@ -54,14 +54,22 @@ class RedactingAccessLogger(AbstractAccessLogger):
         )
 
 
-async def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]) -> None:
-    """Run a job now and then every ``seconds``; a failed run is logged and retried."""
+async def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]], stop: asyncio.Event) -> None:
+    """Run a job every ``seconds`` until ``stop`` is set; a failed run is logged and retried.
+
+    Stopping waits for a run under way to finish rather than cancelling it,
+    so shutdown never interrupts a storage operation half-way.
+    """
     while True:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+            return
+        except TimeoutError:
+            pass
         try:
             await job()
         except Exception:
             log.exception("%s failed; will retry", what)
-        await asyncio.sleep(seconds)
 
 
 async def _purge(core: Core) -> None:
@@ -82,9 +90,8 @@ async def _close_forwarder(core: Core) -> None:
         await core.forwarder.close()
 
 
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
+async def _finish(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -112,13 +119,16 @@ def create_app(settings: Settings) -> web.Application:
             app[LMTP_SERVER] = lmtp
             host, port = lmtp.sockets[0].getsockname()[:2]
             log.info("LMTP maildrop listening on %s:%d", host, port)
+            stop = asyncio.Event()
             jobs = [
-                asyncio.create_task(_every(MAINTENANCE_INTERVAL, "authlog purge", lambda: _purge(core))),
+                asyncio.create_task(_every(MAINTENANCE_INTERVAL, "authlog purge", lambda: _purge(core), stop)),
                 asyncio.create_task(
-                    _every(settings.gc_interval, "expired message collection", lambda: messages.collect_garbage(core))
+                    _every(
+                        settings.gc_interval, "expired message collection", lambda: messages.collect_garbage(core), stop
+                    )
                 ),
             ]
-            opened.push_async_callback(_cancel, jobs)
+            opened.push_async_callback(_finish, stop, jobs)
             yield
 
     app.cleanup_ctx.append(lifecycle)

@@ -42,7 +42,9 @@ class UpdateAddress(Input):
 
 async def search_addresses(core: Core, data: ListAddresses) -> PageResult[Address]:
     query = data.query.strip().casefold() if data.query else None
-    return await paginate(data, lambda page: core.storage.search_addresses(query, page), lambda item: item.id)
+    return await paginate(
+        "addresses", data, lambda page: core.storage.search_addresses(query, page), lambda item: item.id
+    )
 
 
 async def list_user_addresses(core: Core, user_id: str) -> list[AddressView]:

@@ -133,5 +133,9 @@ async def list_authlog(core: Core, user_id: str, data: Paging) -> PageResult[Aut
     user = await get_user(core, user_id)
     now = datetime.now(UTC)
     return await paginate(
-        data, lambda page: core.storage.list_authlog(user.id, now, page), lambda entry: entry.id, descending=True
+        "authlog",
+        data,
+        lambda page: core.storage.list_authlog(user.id, now, page),
+        lambda entry: entry.id,
+        descending=True,
     )

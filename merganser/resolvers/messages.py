@@ -242,6 +242,7 @@ async def list_messages(
 ) -> tuple[Mailbox, PageResult[Message]]:
     mailbox = await find_mailbox(core, user_id, mailbox_id)
     page = await paginate(
+        f"messages:{mailbox.id}",
         data,
         lambda query: core.storage.list_messages(mailbox.user, mailbox.id, query),
         lambda message: message.uid,
@@ -398,6 +399,7 @@ async def search(core: Core, user_id: str, data: SearchMessages) -> PageResult[M
         ]
         query = SearchQuery(terms, exclude=excluded)
     return await paginate(
+        "search",
         data,
         lambda page: core.storage.search_messages(user.id, query, page),
         lambda message: message.id,

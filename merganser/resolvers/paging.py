@@ -35,8 +35,8 @@ class PageResult(Generic[T]):
 Key = str | int
 
 
-def encode_cursor(direction: str, key: Key) -> str:
-    raw = json.dumps({"d": direction, "k": key}, separators=(",", ":")).encode()
+def encode_cursor(listing: str, direction: str, key: Key) -> str:
+    raw = json.dumps({"l": listing, "d": direction, "k": key}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -50,30 +50,31 @@ def _check_key(key: object, numeric: bool | None) -> Key:
     raise ValueError(key)
 
 
-def decode_cursor(cursor: str, expected: str, numeric: bool | None = False) -> Key:
+def decode_cursor(cursor: str, listing: str, expected: str, numeric: bool | None = False) -> Key:
     """Return the key of a cursor, refusing anything this module did not make
-    and cursors made for another kind of listing."""
+    and cursors made for another listing."""
     try:
         document = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if document["d"] != expected:
-            raise ValueError(document["d"])
+        if document["l"] != listing or document["d"] != expected:
+            raise ValueError(document)
         return _check_key(document["k"], numeric)
     except (ValueError, KeyError, TypeError, binascii.Error, ValidationError, UnicodeDecodeError):
         raise ValidationError("Invalid paging cursor") from None
 
 
-def page_query(paging: Paging, descending: bool = False, numeric: bool | None = False) -> PageQuery:
+def page_query(paging: Paging, listing: str, descending: bool = False, numeric: bool | None = False) -> PageQuery:
     if paging.next and paging.previous:
         raise ValidationError("Give either next or previous, not both")
     return PageQuery(
         limit=paging.limit,
-        after=decode_cursor(paging.next, "next", numeric) if paging.next else None,
-        before=decode_cursor(paging.previous, "previous", numeric) if paging.previous else None,
+        after=decode_cursor(paging.next, listing, "next", numeric) if paging.next else None,
+        before=decode_cursor(paging.previous, listing, "previous", numeric) if paging.previous else None,
         descending=descending,
     )
 
 
 async def paginate(
+    listing: str,
     paging: Paging,
     fetch: Callable[[PageQuery], Awaitable[Slice[T]]],
     key: Callable[[T], Key],
@@ -82,10 +83,11 @@ async def paginate(
 ) -> PageResult[T]:
     """Fetch one page and work out the cursors of its neighbours.
 
-    ``numeric`` says the listing is keyed by integers (UIDs) rather than ids;
-    None leaves it to the storage, which then returns the keys with the page.
+    ``listing`` names the listing; its cursors work for it alone. ``numeric``
+    says the listing is keyed by integers (UIDs) rather than ids; None leaves
+    it to the storage, which then returns the keys with the page.
     """
-    query = page_query(paging, descending, numeric)
+    query = page_query(paging, listing, descending, numeric)
     found = await fetch(query)
     items = found.items
     keys = found.keys if found.keys is not None else [key(item) for item in items]
@@ -96,8 +98,8 @@ async def paginate(
     next_cursor = previous_cursor = None
     if has_next:
         edge = keys[-1] if keys else query.before
-        next_cursor = encode_cursor("next", edge) if edge else None
+        next_cursor = encode_cursor(listing, "next", edge) if edge else None
     if has_previous:
         edge = keys[0] if keys else query.after
-        previous_cursor = encode_cursor("previous", edge) if edge else None
+        previous_cursor = encode_cursor(listing, "previous", edge) if edge else None
     return PageResult(items, found.total, paging.page, next_cursor, previous_cursor)

@@ -100,7 +100,7 @@ class ListUsers(Paging):
 
 async def list_users(core: Core, data: ListUsers) -> PageResult[User]:
     query = data.query.strip() if data.query else None
-    return await paginate(data, lambda page: core.storage.list_users(query, page), lambda user: user.id)
+    return await paginate("users", data, lambda page: core.storage.list_users(query, page), lambda user: user.id)
 
 
 async def create_user(core: Core, data: CreateUser) -> User:

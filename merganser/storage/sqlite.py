@@ -369,6 +369,12 @@ class SQLiteStorage(Storage):
                 await self._commit_group(batch)
 
     async def _commit_group(self, batch: list[tuple[Work[Any], asyncio.Future[Any]]]) -> None:
+        """Apply a group in one transaction; every waiting writer gets an answer.
+
+        If the group cannot commit, every piece of it fails with the reason;
+        if the flusher itself is cancelled, the writers learn that too rather
+        than wait forever.
+        """
         assert self._writer is not None
         db = self._writer
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
@@ -377,10 +383,18 @@ class SQLiteStorage(Storage):
             for work, future in batch:
                 outcomes.append((future, *await self._apply(db, work, savepoint=len(batch) > 1)))
             await db.execute("COMMIT")
-        except Exception as error:
-            if db.in_transaction:
+        except BaseException as error:
+            failure = error if isinstance(error, Exception) else RuntimeError("storage is shutting down")
+            outcomes = [(future, None, failure) for _, future in batch]
+            if isinstance(error, Exception) and db.in_transaction:
                 await db.execute("ROLLBACK")
-            outcomes = [(future, None, error) for _, future in batch]
+            if not isinstance(error, Exception):
+                self._settle(outcomes)
+                raise
+        self._settle(outcomes)
+
+    @staticmethod
+    def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
         for future, result, error in outcomes:
             if future.done():
                 continue

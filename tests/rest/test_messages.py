@@ -1076,8 +1076,8 @@ async def test_concurrent_uploads_respect_the_quota(api):
     assert await counters(api, user_id, inbox) == (5, 5)
 
 
-async def test_cursors_only_work_for_their_own_kind_of_listing(api):
-    """A search cursor names a message id, a mailbox cursor a UID: swapping them is refused."""
+async def test_cursors_only_work_for_the_listing_that_made_them(api):
+    """Cursors of a mailbox listing, of another mailbox and of search are not interchangeable."""
     user_id = await new_user(api)
     inbox = await mailbox_id(api, user_id)
     for n in range(3):
@@ -1090,4 +1090,7 @@ async def test_cursors_only_work_for_their_own_kind_of_listing(api):
     reply = await get(api, f"/users/{user_id}/mailboxes/{inbox}/messages", next=search_cursor)
     assert_error(reply, 400, "InputValidationError")
     reply = await get(api, f"/users/{user_id}/search", query="common", next=listing_cursor)
+    assert_error(reply, 400, "InputValidationError")
+    sent = await mailbox_id(api, user_id, "Sent Mail")
+    reply = await get(api, f"/users/{user_id}/mailboxes/{sent}/messages", next=listing_cursor)
     assert_error(reply, 400, "InputValidationError")
