@@ -65,10 +65,6 @@ class Input(BaseModel):
         except pydantic.ValidationError as error:
             raise ValidationError(_error_text(error)) from None
 
-    def given(self) -> set[str]:
-        """Names of the fields the client actually sent."""
-        return set(self.model_fields_set)
-
 
 def _check_ip(value: str) -> str:
     try:
