@@ -41,6 +41,9 @@ class Settings:
     smtp_relay: str | None = None
     gc_interval: int = 300
     forward_attempts: int = 3
+    redis: str | None = None
+    heartbeat_interval: int = 15
+    subscriber_buffer: int = 1000
     log_level: str = "info"
 
     @property
@@ -74,6 +77,9 @@ HELP: dict[str, str] = {
     "smtp_relay": "HOST:PORT of the SMTP relay that forwarded copies are sent through",
     "gc_interval": "seconds between runs of the expired-message collector (default 300)",
     "forward_attempts": "attempts to forward or upload a copy before giving up (default 3)",
+    "redis": "redis://HOST:PORT/DB to relay live updates between several servers sharing one store",
+    "heartbeat_interval": "seconds between keep-alive comments on idle update streams (default 15)",
+    "subscriber_buffer": "updates buffered per live subscriber before a slow one is disconnected (default 1000)",
     "log_level": "logging level: debug, info, warning or error",
 }
 

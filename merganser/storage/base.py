@@ -10,12 +10,14 @@ is the job of ``merganser.resolvers``.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class DuplicateKeyError(Exception):
@@ -230,7 +232,27 @@ class MailboxCounters:
 
 
 class Storage(abc.ABC):
-    """What the core needs from a database."""
+    """What the core needs from a database.
+
+    Every backend tells its journal listeners, by user id, when that user's
+    journal has grown: after the change is committed, so a listener that
+    reads the journal finds it. Listeners only learn *that* something
+    changed; the journal itself says what.
+    """
+
+    def __init__(self) -> None:
+        self._journal_listeners: list[Callable[[str], None]] = []
+
+    def add_journal_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(user_id)`` after each committed change that journals for that user."""
+        self._journal_listeners.append(listener)
+
+    def _journal_grew(self, user_id: str) -> None:
+        for listener in self._journal_listeners:
+            try:
+                listener(user_id)
+            except Exception:
+                log.exception("journal listener failed")
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -453,3 +475,7 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def read_journal(self, user_id: str, after: int, limit: int) -> list[JournalEntry]:
         """Journal entries with id greater than ``after``, oldest first."""
+
+    @abc.abstractmethod
+    async def last_journal_id(self, user_id: str) -> int:
+        """The id of the user's newest committed journal entry, 0 if there is none."""

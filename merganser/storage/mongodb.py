@@ -64,10 +64,11 @@ import re
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime, timedelta
-from functools import cache, partial
-from typing import Any, Literal, TypeVar
+from functools import cache, partial, wraps
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import pymongo.errors
 from bson import Binary, ObjectId
@@ -285,10 +286,40 @@ class _MailboxGone(Exception):
     """Raised when a UID was claimed in a mailbox that has been deleted."""
 
 
+_ANNOUNCE: ContextVar[set[str] | None] = ContextVar("merganser_announce", default=None)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _announced(
+    method: Callable[Concatenate[MongoStorage, P], Awaitable[R]],
+) -> Callable[Concatenate[MongoStorage, P], Awaitable[R]]:
+    """Tell journal listeners when the whole operation is done.
+
+    Without transactions an entry is stored before the change it describes
+    is complete (EXISTS before the message document), so announcing it at
+    once could send a listener to a message it cannot read yet.
+    """
+
+    @wraps(method)
+    async def announcing(self: MongoStorage, *args: P.args, **kwargs: P.kwargs) -> R:
+        users: set[str] = set()
+        token = _ANNOUNCE.set(users)
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            _ANNOUNCE.reset(token)
+            for user_id in users:
+                self._journal_grew(user_id)
+
+    return announcing
+
+
 class MongoStorage(Storage):
     """Storage in a MongoDB (or FerretDB) database named by the URL's path."""
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url = url
         self._client: AsyncMongoClient[Document] | None = None
         self._db: AsyncDatabase[Document] | None = None
@@ -717,8 +748,14 @@ class MongoStorage(Storage):
             except pymongo.errors.DuplicateKeyError:
                 seq += 1
                 continue
+            announce = _ANNOUNCE.get()
+            if announce is None:
+                self._journal_grew(user_id)
+            else:
+                announce.add(user_id)
             return seq
 
+    @_announced
     async def create_mailbox(self, mailbox: Mailbox, event: JournalEvent) -> None:
         try:
             await self._collection("mailboxes").insert_one(_document(mailbox))
@@ -726,6 +763,7 @@ class MongoStorage(Storage):
             raise _duplicate_key(error, "path") from None
         await self._append_journal(mailbox.user, event)
 
+    @_announced
     async def rename_mailboxes(self, user_id: str, renames: list[tuple[str, str]], events: list[JournalEvent]) -> None:
         """Rename after checking every new path is free.
 
@@ -763,6 +801,7 @@ class MongoStorage(Storage):
         result = await self._collection("mailboxes").update_one({"_id": mailbox_id, "user": user_id}, {"$set": changes})
         return result.matched_count > 0
 
+    @_announced
     async def delete_mailbox(self, user_id: str, mailbox_id: str, event: JournalEvent) -> int:
         """Delete the mailbox first, then each of its messages, then its UID claims and state.
 
@@ -926,6 +965,7 @@ class MongoStorage(Storage):
             await self._release(message.user, [document])
         return True
 
+    @_announced
     async def add_message(self, message: Message, raw: bytes, search: SearchText, quota: int | None) -> Message | None:
         """Charge the bytes, store the source, claim a UID, journal EXISTS and only then insert the message.
 
@@ -1021,6 +1061,7 @@ class MongoStorage(Storage):
         )
         return document["thread"] if document else None
 
+    @_announced
     async def update_message(self, user_id: str, message_id: str, changes: dict[str, Any]) -> Message | None:
         """Set flags and/or expiry; a change of flags is journaled first, as its id is the new modseq.
 
@@ -1074,6 +1115,7 @@ class MongoStorage(Storage):
         result = await self._collection("messages").update_one(where, {"$set": redo})
         return redo if result.matched_count else {}
 
+    @_announced
     async def move_message(
         self, user_id: str, message_id: str, target_mailbox_id: str, expires: datetime | None
     ) -> Message | None:
@@ -1118,6 +1160,7 @@ class MongoStorage(Storage):
         await self._settle_mailbox(user_id, target_mailbox_id, uid)
         return moved
 
+    @_announced
     async def delete_messages(self, user_id: str, message_ids: list[str]) -> int:
         """Delete each message on its own; only the caller whose delete removed it journals it and frees it."""
         taken = await _each(message_ids, lambda message_id: self._take_message({"_id": message_id, "user": user_id}))
@@ -1134,6 +1177,10 @@ class MongoStorage(Storage):
         return [(document["user"], document["_id"]) for document in await cursor.to_list()]
 
     # Journal
+
+    async def last_journal_id(self, user_id: str) -> int:
+        newest = await self._collection("journal").find_one({"user": user_id}, {"seq": 1}, sort=[("seq", DESCENDING)])
+        return newest["seq"] if newest else 0
 
     async def read_journal(self, user_id: str, after: int, limit: int) -> list[JournalEntry]:
         if limit <= 0:

@@ -294,12 +294,14 @@ class SQLiteStorage(Storage):
     """Storage in a single SQLite database file."""
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lookups: sqlite3.Connection | None = None
         self._pending: list[tuple[Work[Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._journaled: set[str] = set()
 
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -378,6 +380,7 @@ class SQLiteStorage(Storage):
         assert self._writer is not None
         db = self._writer
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._journaled.clear()
         try:
             await db.execute("BEGIN IMMEDIATE")
             for work, future in batch:
@@ -391,6 +394,11 @@ class SQLiteStorage(Storage):
             if not isinstance(error, Exception):
                 self._settle(outcomes)
                 raise
+        else:
+            # A piece rolled back to its savepoint may have named a user too; a
+            # listener told of a change that is not there just finds nothing new.
+            for user_id in self._journaled:
+                self._journal_grew(user_id)
         self._settle(outcomes)
 
     @staticmethod
@@ -689,12 +697,15 @@ class SQLiteStorage(Storage):
         last = rows[0][0]
         return list(range(last - count + 1, last + 1))
 
-    @classmethod
-    async def _journal(cls, db: aiosqlite.Connection, user_id: str, events: list[JournalEvent]) -> list[int]:
-        """Append events inside the caller's transaction; return their ids."""
+    async def _journal(self, db: aiosqlite.Connection, user_id: str, events: list[JournalEvent]) -> list[int]:
+        """Append events inside the caller's transaction; return their ids.
+
+        The user's listeners are told once the group transaction commits.
+        """
         if not events:
             return []
-        ids = await cls._journal_ids(db, user_id, len(events))
+        ids = await self._journal_ids(db, user_id, len(events))
+        self._journaled.add(user_id)
         now = _now_ms()
         await db.executemany(
             "INSERT INTO journal (user, seq, command, mailbox, message, uid, modseq, data, created) "
@@ -721,6 +732,10 @@ class SQLiteStorage(Storage):
             "SELECT * FROM journal WHERE user = ? AND seq > ? ORDER BY seq LIMIT ?", [user_id, after, limit]
         )
         return [_journal(row) for row in rows]
+
+    async def last_journal_id(self, user_id: str) -> int:
+        row = await self._one("SELECT journal_seq FROM users WHERE id = ?", [user_id])
+        return row[0] if row else 0
 
     # Mailboxes
 
