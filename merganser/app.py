@@ -20,6 +20,7 @@ from merganser.resolvers.forwarding import Forwarder
 from merganser.rest_compat import add_routes
 from merganser.rest_compat.http import CORE, api_middleware
 from merganser.storage import storage_from_url
+from merganser.storage.relay import RedisRelay
 
 log = logging.getLogger("merganser")
 
@@ -113,6 +114,12 @@ def create_app(settings: Settings) -> web.Application:
         async with contextlib.AsyncExitStack() as opened:
             await storage.open()
             opened.push_async_callback(storage.close)
+            if settings.redis:
+                relay = RedisRelay(settings.redis, core.updates.journal_grew, core.updates.wake_all)
+                await relay.start()
+                opened.push_async_callback(relay.close)
+                storage.add_journal_listener(relay.journal_grew)
+                log.info("relaying live updates through Redis")
             opened.push_async_callback(_close_forwarder, core)
             lmtp = await start_lmtp(core)
             opened.push_async_callback(_close_server, lmtp)
@@ -131,6 +138,10 @@ def create_app(settings: Settings) -> web.Application:
             opened.push_async_callback(_finish, stop, jobs)
             yield
 
+    async def end_streams(app: web.Application) -> None:
+        core.updates.close()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(end_streams)
     add_routes(app)
     return app

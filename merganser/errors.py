@@ -66,3 +66,9 @@ class QuotaExceededError(MerganserError):
     """Storing the data would take the user over the allowed quota."""
 
     code = "OverQuota"
+
+
+class UnavailableError(MerganserError):
+    """The server cannot take the request now (it is shutting down); trying again later may work."""
+
+    code = "Unavailable"

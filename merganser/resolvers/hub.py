@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 
-from merganser.errors import MerganserError
+from merganser.errors import MerganserError, UnavailableError
 from merganser.storage.base import JournalEntry, Storage
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,14 @@ class Subscription:
         self._closed = False
 
     @property
+    def user_id(self) -> str:
+        return self._user_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def last_id(self) -> int:
         """The id of the last entry handed out (or the starting point)."""
         return self._last
@@ -76,16 +84,26 @@ class Subscription:
         self.close()
 
     async def _entries(self) -> AsyncIterator[JournalEntry]:
-        while True:
-            for entry in await self._next_batch():
-                self._last = entry.id
+        while batch := await self.next_batch():
+            for entry in batch:
                 yield entry
 
-    async def _next_batch(self) -> list[JournalEntry]:
-        """The next entries after ``_last``: from the journal until caught up, then from the feed."""
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
+    async def next_batch(self, timeout: float | None = None) -> list[JournalEntry]:
+        """The next entries after ``last_id``, oldest first.
+
+        Waits for new ones at most ``timeout`` seconds (for ever if None) and
+        then returns an empty list, so a stream can send a heartbeat; returns
+        an empty list at once when the subscription is closed. Raises
+        SubscriberTooSlow once everything before the overflow was handed out.
+        """
+        batch = await self._next_batch(timeout)
+        if batch:
+            self._last = batch[-1].id
+        return batch
+
+    async def _next_batch(self, timeout: float | None) -> list[JournalEntry]:
+        """From the journal until caught up, then from the feed."""
+        while not self._closed:
             if self._feed is None:
                 entries = await self._hub.storage.read_journal(self._user_id, self._last, PAGE)
                 if len(entries) == PAGE:
@@ -112,11 +130,14 @@ class Subscription:
                 continue
             if self._dropped:
                 raise SubscriberTooSlow(self._last)
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                await asyncio.wait((waiter,), timeout=timeout)
             finally:
                 self._waiter = None
+            if not waiter.done():
+                return []
+        return []
 
     def _deliver(self, entries: list[JournalEntry]) -> None:
         """Called by the feed: buffer new entries, or drop the subscriber if the buffer is full."""
@@ -134,7 +155,9 @@ class Subscription:
             self._waiter.set_result(None)
 
     def _detach(self) -> None:
-        if self._feed is not None:
+        if self._feed is None:
+            self._hub._forget(self)
+        else:
             self._hub._detach(self, self._feed)
 
     def close(self) -> None:
@@ -190,10 +213,12 @@ class UpdateHub:
         self.buffer_limit = buffer_limit
         self._feeds: dict[str, _Feed] = {}
         self._starting: dict[str, asyncio.Future[_Feed]] = {}
+        self._catching_up: set[Subscription] = set()
+        self._closed = False
 
     @property
     def subscriber_count(self) -> int:
-        return sum(len(feed.subscribers) for feed in self._feeds.values())
+        return len(self._catching_up) + sum(len(feed.subscribers) for feed in self._feeds.values())
 
     def journal_grew(self, user_id: str) -> None:
         """A change for ``user_id`` committed: let its feed, if anyone is watching, read it."""
@@ -206,15 +231,25 @@ class UpdateHub:
         for feed in self._feeds.values():
             feed.wake(self.storage)
 
+    def close(self) -> None:
+        """End every subscription (the server is shutting down) and refuse new ones."""
+        self._closed = True
+        for subscription in [*self._catching_up, *(s for feed in self._feeds.values() for s in feed.subscribers)]:
+            subscription.close()
+
     async def subscribe(self, user_id: str, after: int | None) -> Subscription:
         """A subscription to the entries after ``after``, or to new ones only when it is None."""
+        if self._closed:
+            raise UnavailableError("The server is shutting down; reconnect shortly")
         if after is None:
             subscription = Subscription(self, user_id, 0)
             feed = await self._attach(subscription)
             subscription._last = feed.head
             subscription._feed = feed
             return subscription
-        return Subscription(self, user_id, after)
+        subscription = Subscription(self, user_id, after)
+        self._catching_up.add(subscription)
+        return subscription
 
     async def _attach(self, subscription: Subscription) -> _Feed:
         user_id = subscription._user_id
@@ -226,6 +261,9 @@ class UpdateHub:
                 self._starting[user_id] = starting
                 starting.add_done_callback(lambda _: self._starting.pop(user_id, None))
             feed = await asyncio.shield(starting)
+        self._catching_up.discard(subscription)
+        if subscription.closed:
+            return feed
         feed.subscribers.add(subscription)
         return feed
 
@@ -236,6 +274,9 @@ class UpdateHub:
         # listening for it yet.
         feed.wake(self.storage)
         return feed
+
+    def _forget(self, subscription: Subscription) -> None:
+        self._catching_up.discard(subscription)
 
     def _detach(self, subscription: Subscription, feed: _Feed) -> None:
         feed.subscribers.discard(subscription)

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from merganser.rest_compat import addresses, asps, authentication, mailboxes, messages, quota, twofa, users
+from merganser.rest_compat import (
+    addresses,
+    asps,
+    authentication,
+    mailboxes,
+    messages,
+    quota,
+    twofa,
+    updates,
+    users,
+)
 
-SECTIONS = (users, authentication, twofa, asps, addresses, mailboxes, messages, quota)
+SECTIONS = (users, authentication, twofa, asps, addresses, mailboxes, messages, quota, updates)
 
 
 def add_routes(app: web.Application) -> None:

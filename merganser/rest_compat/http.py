@@ -25,6 +25,7 @@ from merganser.errors import (
     NotFoundError,
     QuotaExceededError,
     RateLimitedError,
+    UnavailableError,
     ValidationError,
 )
 from merganser.resolvers.context import Core
@@ -36,6 +37,8 @@ log = logging.getLogger("merganser.http")
 CORE: web.AppKey[Core] = web.AppKey("core", Core)
 TOKEN_PARAMETER = "accessToken"
 TOKEN_HEADER = "X-Access-Token"
+# The demo page is static; it asks its user for the token and sends it itself.
+OPEN_PREFIX = "/public/"
 
 STATUS: dict[type[MerganserError], int] = {
     ValidationError: 400,
@@ -45,6 +48,7 @@ STATUS: dict[type[MerganserError], int] = {
     NotFoundError: 404,
     ConflictError: 409,
     RateLimitedError: 429,
+    UnavailableError: 503,
 }
 
 HTTP_CODES: dict[int, str] = {
@@ -150,7 +154,7 @@ def token_matches(request: web.Request, expected: str) -> bool:
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check the access token and turn every failure into a JSON error."""
     token = request.app[CORE].settings.access_token
-    if token and not token_matches(request, token):
+    if token and not request.path.startswith(OPEN_PREFIX) and not token_matches(request, token):
         return error_response(401, "Invalid or missing access token", "InvalidToken")
     try:
         return await handler(request)

@@ -1,0 +1,98 @@
+"""REST: the updates stream (GET /users/{user}/updates) and the /public/ demo page.
+
+The stream is Server-Sent Events in the reference's format: each journal entry
+is a ``data:`` line of JSON followed by ``id:``, its journal id. A client that
+reconnects sends the last id it saw as ``Last-Event-ID`` (browsers do this by
+themselves) or ``since``, and receives every entry after it, read from the
+journal. Idle streams get a comment line every ``heartbeat_interval`` seconds,
+which also finds clients that went away without closing; a client that cannot
+take a write within two intervals, or that falls a whole buffer behind, is
+disconnected and resumes from its last id when it reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from merganser.errors import ValidationError
+from merganser.resolvers import updates
+from merganser.resolvers.hub import SubscriberTooSlow
+from merganser.resolvers.inputs import Count, Input
+from merganser.rest_compat.http import core_of, query_input
+from merganser.storage.base import JournalEntry
+
+log = logging.getLogger(__name__)
+
+PUBLIC = Path(__file__).parent / "public"
+HEARTBEAT = b": heartbeat\n\n"
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class StreamQuery(Input):
+    since: Count | None = None
+
+
+def _resume_from(request: web.Request) -> int | None:
+    """Where the client left off: ``Last-Event-ID`` wins over ``since``."""
+    since = query_input(request, StreamQuery).since
+    header = request.headers.get("Last-Event-ID", "").strip()
+    if not header:
+        return since
+    if not header.isdigit() or len(header) > 18:
+        raise ValidationError("Last-Event-ID must be an id this stream sent")
+    return int(header)
+
+
+def _frames(entries: list[JournalEntry]) -> bytes:
+    return b"".join(
+        b"data: " + orjson.dumps(updates.event_payload(entry)) + b"\nid: " + str(entry.id).encode() + b"\n\n"
+        for entry in entries
+    )
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    subscription = await updates.subscribe(core, request.match_info["user"], _resume_from(request))
+    async with subscription:
+        response = web.StreamResponse(headers=STREAM_HEADERS)
+        await response.prepare(request)
+        interval = core.settings.heartbeat_interval
+        try:
+            while True:
+                batch = await subscription.next_batch(timeout=interval)
+                if subscription.closed:
+                    break
+                await asyncio.wait_for(response.write(_frames(batch) if batch else HEARTBEAT), timeout=2 * interval)
+        except SubscriberTooSlow:
+            log.info("update stream of %s fell behind after id %d; ended", subscription.user_id, subscription.last_id)
+        except TimeoutError:
+            log.info("update stream of %s stopped taking writes; disconnected", subscription.user_id)
+        except ConnectionError:
+            return response
+        # End the stream (the client reconnects from its last id); a client
+        # that takes no writes is cut off instead.
+        try:
+            await asyncio.wait_for(response.write_eof(), timeout=interval)
+        except (TimeoutError, ConnectionError):
+            if request.transport is not None:
+                request.transport.close()
+    return response
+
+
+async def public_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(PUBLIC / "index.html")
+
+
+ROUTES = [
+    ("GET", "/users/{user}/updates", stream),
+    ("GET", "/public/", public_page),
+]
