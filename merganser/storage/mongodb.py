@@ -328,7 +328,12 @@ class MongoStorage(Storage):
         self._client = AsyncMongoClient(self.url, tz_aware=True, tzinfo=UTC)
         self._db = self._client.get_default_database(DEFAULT_DATABASE)
         for name, indexes in INDEXES.items():
-            await self._db[name].create_indexes(indexes)
+            # Only the missing ones: FerretDB v1 drops the connection when asked
+            # to create an index that already exists, as on every restart.
+            existing = {index["name"] async for index in await self._db[name].list_indexes()}
+            missing = [index for index in indexes if index.document["name"] not in existing]
+            if missing:
+                await self._db[name].create_indexes(missing)
 
     async def close(self) -> None:
         if self._client is not None:
