@@ -3,10 +3,22 @@
 #
 # Python packages come from PyPI (the project with its "test" extra); FerretDB,
 # the MongoDB-wire server the MongoDB backend is tested against, is built with
-# Go by scripts/ferretdb.sh (once; later runs reuse the binary in .tools/).
+# Go by scripts/ferretdb.sh (once; later runs reuse the binary in .tools/);
+# Redis (for the multi-server update relay) and Chromium (for the browser
+# tests) come from Debian's packages, installed only when missing.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k sqlite -x`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+if ((${#missing[@]})); then
+    sudo=()
+    [[ $(id -u) == 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 scripts/ferretdb.sh >/dev/null
