@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 import orjson
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 PUBLIC = Path(__file__).parent / "public"
 HEARTBEAT = b": heartbeat\n\n"
+FRAME_CACHE_SIZE = 4096
+UNTIMED_WRITE = 32 * 1024
+_FRAMES: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 STREAM_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -52,11 +56,29 @@ def _resume_from(request: web.Request) -> int | None:
     return int(header)
 
 
-def _frames(entries: list[JournalEntry]) -> bytes:
-    return b"".join(
-        b"data: " + orjson.dumps(updates.event_payload(entry)) + b"\nid: " + str(entry.id).encode() + b"\n\n"
-        for entry in entries
-    )
+def _frame(entry: JournalEntry) -> bytes:
+    """An entry's event, encoded once however many streams send it (they share the entry)."""
+    key = (entry.user, entry.id)
+    frame = _FRAMES.get(key)
+    if frame is None:
+        frame = b"data: " + orjson.dumps(updates.event_payload(entry)) + b"\nid: " + str(entry.id).encode() + b"\n\n"
+        _FRAMES[key] = frame
+        if len(_FRAMES) > FRAME_CACHE_SIZE:
+            _FRAMES.popitem(last=False)
+    return frame
+
+
+async def _send(request: web.Request, response: web.StreamResponse, data: bytes, stall: float) -> None:
+    """Write, giving up after ``stall`` seconds if the client stopped reading.
+
+    A write that fits in the socket's free buffer cannot block, so the timer
+    (a task per write) is only set up when the client is already behind.
+    """
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size() + len(data) < UNTIMED_WRITE:
+        await response.write(data)
+    else:
+        await asyncio.wait_for(response.write(data), timeout=stall)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -71,7 +93,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 batch = await subscription.next_batch(timeout=interval)
                 if subscription.closed:
                     break
-                await asyncio.wait_for(response.write(_frames(batch) if batch else HEARTBEAT), timeout=2 * interval)
+                data = b"".join(map(_frame, batch)) if batch else HEARTBEAT
+                await _send(request, response, data, stall=2 * interval)
         except SubscriberTooSlow:
             log.info("update stream of %s fell behind after id %d; ended", subscription.user_id, subscription.last_id)
         except TimeoutError:
