@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 GIB = 1024**3
+# Incoming mail is parsed in worker processes on the cores the event loop leaves free.
+DEFAULT_PARSE_WORKERS = min(4, (os.cpu_count() or 1) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ class Settings:
     lmtp_host: str = "127.0.0.1"
     lmtp_port: int = 2424
     max_message_size: int = 50 * 1024 * 1024
+    parse_workers: int = DEFAULT_PARSE_WORKERS
     smtp_relay: str | None = None
     gc_interval: int = 300
     forward_attempts: int = 3
@@ -74,6 +77,7 @@ HELP: dict[str, str] = {
     "lmtp_host": "address the LMTP maildrop listens on (default 127.0.0.1)",
     "lmtp_port": "port of the LMTP maildrop (default 2424; 0 picks a free port, which is logged)",
     "max_message_size": "largest accepted message in bytes, announced with SIZE (default 50 MiB)",
+    "parse_workers": "processes that parse incoming mail off the event loop (default: CPUs - 1, at most 4; 0: none)",
     "smtp_relay": "HOST:PORT of the SMTP relay that forwarded copies are sent through",
     "gc_interval": "seconds between runs of the expired-message collector (default 300)",
     "forward_attempts": "attempts to forward or upload a copy before giving up (default 3)",

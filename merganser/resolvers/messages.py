@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Annotated, Any, Literal
+from functools import lru_cache, partial
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
@@ -26,10 +27,13 @@ from merganser.resolvers.lookup import get_user
 from merganser.resolvers.mailboxes import INBOX, THIRTY_DAYS_MS, find_mailbox
 from merganser.resolvers.normalize import normalize_address
 from merganser.resolvers.paging import PageResult, paginate
+from merganser.resolvers.parse_pool import ParsePool
 from merganser.resolvers.parsing import (
     AttachmentInfo,
     Contact,
+    Digest,
     ParsedMessage,
+    digest_message,
     find_attachment,
     normalize_subject,
     parse_message,
@@ -38,11 +42,15 @@ from merganser.resolvers.parsing import (
 )
 from merganser.storage.base import Mailbox, Message, OverQuotaError, SearchQuery, SearchText, User
 
+T = TypeVar("T")
 FLAGS = {"seen": "\\Seen", "flagged": "\\Flagged", "draft": "\\Draft", "deleted": "\\Deleted"}
 THREAD_WINDOW = timedelta(days=30)
 # Parsing a large message takes long enough to stall other connections, so it
 # moves to a worker thread; small ones are parsed in place, which is cheaper.
 THREAD_PARSE_THRESHOLD = 256 * 1024
+# Recipient addresses seen lately, with their lookup form: validating one
+# costs more than looking it up, and an MTA names the same few many times.
+ADDRESS_CACHE_SIZE = 4096
 SEARCH_BODY_LIMIT = 256 * 1024
 GC_BATCH = 500
 _ATTACHMENT_ID = re.compile(r"ATT\d{5}")
@@ -54,7 +62,7 @@ class Prepared:
     """A message parsed once for every recipient it is delivered to."""
 
     raw: bytes
-    parsed: ParsedMessage
+    digest: Digest
     search: SearchText
 
 
@@ -68,29 +76,31 @@ def _contact(contact: Contact | None) -> dict[str, str] | None:
     return {"address": contact.address, "name": contact.name} if contact else None
 
 
-def _summary(parsed: ParsedMessage) -> dict[str, Any]:
+def _summary(digest: Digest) -> dict[str, Any]:
     return {
-        "from": _contact(parsed.from_),
-        "to": [_contact(contact) for contact in parsed.to],
-        "cc": [_contact(contact) for contact in parsed.cc],
-        "subject": parsed.subject,
-        "messageId": parsed.message_id,
-        "date": parsed.date.isoformat() if parsed.date else None,
-        "intro": parsed.intro,
-        "attachments": bool(parsed.attachments),
+        "from": _contact(digest.from_),
+        "to": [_contact(contact) for contact in digest.to],
+        "cc": [_contact(contact) for contact in digest.cc],
+        "subject": digest.subject,
+        "messageId": digest.message_id,
+        "date": digest.date.isoformat() if digest.date else None,
+        "intro": digest.intro,
+        "attachments": digest.attachments,
     }
 
 
-def _search_text(parsed: ParsedMessage) -> SearchText:
-    people = [parsed.from_, *parsed.to, *parsed.cc]
+def _search_text(digest: Digest) -> SearchText:
+    people = [digest.from_, *digest.to, *digest.cc]
     contacts = " ".join(f"{person.name} {person.address}" for person in people if person)
-    return SearchText(parsed.subject, contacts, parsed.text[:SEARCH_BODY_LIMIT], partial(search_terms, parsed))
+    return SearchText(digest.subject, contacts, digest.text[:SEARCH_BODY_LIMIT], partial(search_terms, digest))
 
 
-async def prepare(raw: bytes) -> Prepared:
-    """Parse a message; malformed MIME still yields a usable (if sparse) result."""
-    parsed = await _parse(raw)
-    return Prepared(raw, parsed, _search_text(parsed))
+async def prepare(raw: bytes, parsers: ParsePool | None = None) -> Prepared:
+    """Parse a message, in a worker process if ``parsers`` can; malformed MIME still yields a usable result."""
+    digest = await parsers.digest(raw) if parsers is not None else None
+    if digest is None:
+        digest = await _in_process(digest_message, raw)
+    return Prepared(raw, digest, _search_text(digest))
 
 
 def _expiry(mailbox: Mailbox, now: datetime) -> datetime | None:
@@ -98,10 +108,10 @@ def _expiry(mailbox: Mailbox, now: datetime) -> datetime | None:
     return now + timedelta(milliseconds=mailbox.retention) if mailbox.retention else None
 
 
-async def _thread(core: Core, user_id: str, parsed: ParsedMessage, now: datetime) -> str:
+async def _thread(core: Core, user_id: str, digest: Digest, now: datetime) -> str:
     """Join the thread the message replies to, or one with the same subject lately."""
-    references = list(dict.fromkeys([*parsed.in_reply_to, *parsed.references]))
-    subject = normalize_subject(parsed.subject)
+    references = list(dict.fromkeys([*digest.in_reply_to, *digest.references]))
+    subject = normalize_subject(digest.subject)
     found = await core.storage.find_thread(user_id, references, subject, now - THREAD_WINDOW)
     return found or new_id()
 
@@ -111,20 +121,20 @@ async def store(
 ) -> Message:
     """Store a prepared message in a mailbox, within the user's quota."""
     now = datetime.now(UTC)
-    parsed = prepared.parsed
+    digest = prepared.digest
     message = Message(
         id=new_id(),
         user=user.id,
         mailbox=mailbox.id,
         uid=0,
         modseq=0,
-        thread=await _thread(core, user.id, parsed, now),
+        thread=await _thread(core, user.id, digest, now),
         size=len(prepared.raw),
         idate=idate or now,
         flags=flags,
-        summary=_summary(parsed),
-        msgid=parsed.message_id,
-        subject_key=normalize_subject(parsed.subject),
+        summary=_summary(digest),
+        msgid=digest.message_id,
+        subject_key=normalize_subject(digest.subject),
         expires=_expiry(mailbox, now),
     )
     try:
@@ -139,10 +149,15 @@ async def store(
 # Delivery
 
 
+@lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def _addrview(address: str) -> str:
+    return normalize_address(address).addrview
+
+
 async def resolve_recipient(core: Core, address: str) -> User:
     """The active user an address belongs to, or an error saying why there is none."""
     try:
-        addrview = normalize_address(address).addrview
+        addrview = _addrview(address)
     except ValidationError:
         raise NotFoundError(f"Unknown recipient {address!r}", "UserNotFound") from None
     found = await core.storage.find_address(addrview)
@@ -167,7 +182,7 @@ async def deliver(core: Core, user: User, recipient: str, prepared: Prepared, se
     if inbox is None:
         raise NotFoundError("The user has no INBOX", "MailboxNotFound")
     raw = _with_delivered_to(prepared.raw, recipient)
-    stored = await store(core, user, inbox, Prepared(raw, prepared.parsed, prepared.search), [])
+    stored = await store(core, user, inbox, Prepared(raw, prepared.digest, prepared.search), [])
     if core.forwarder is not None:
         core.forwarder.dispatch(user, raw, sender)
     return stored
@@ -275,15 +290,15 @@ async def source(core: Core, user_id: str, mailbox_id: str, message_id: str) -> 
     return raw
 
 
-async def _parse(raw: bytes) -> ParsedMessage:
+async def _in_process(parse: Callable[[bytes], T], raw: bytes) -> T:
     if len(raw) > THREAD_PARSE_THRESHOLD:
-        return await asyncio.to_thread(parse_message, raw)
-    return parse_message(raw)
+        return await asyncio.to_thread(parse, raw)
+    return parse(raw)
 
 
 async def get_message(core: Core, user_id: str, mailbox_id: str, message_id: str) -> MessageDetails:
     message, raw = await _with_source(core, user_id, mailbox_id, message_id)
-    return MessageDetails(message, await _parse(raw))
+    return MessageDetails(message, await _in_process(parse_message, raw))
 
 
 async def attachment(

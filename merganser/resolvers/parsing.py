@@ -9,7 +9,9 @@ when one cannot be understood it degrades to a replacement-decoded or empty
 value instead of losing the rest of the message. The ``email`` package is
 also slow on hostile input (its header parser is superlinear on very long
 values), so long values are either bounded or handled by the package's
-simpler, linear helpers.
+simpler, linear helpers. It is slow on ordinary input too: a subject without
+encoded words and addresses written as "local@domain" or "Name
+<local@domain>" skip its header parser, for these give exactly what it would.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ _ADDRESS_HEADERS = ("from", "to", "cc", "bcc", "reply-to")
 _TOP_HEADERS = frozenset({*_ADDRESS_HEADERS, "subject", "message-id", "in-reply-to", "references", "date"})
 _PART_HEADERS = frozenset({"content-type", "content-disposition", "content-id"})
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM_ADDRESS = rf"{_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*"
+_PLAIN_MAILBOX = re.compile(
+    rf"[ \t]*(?:({_ATEXT}(?:[ \t]+{_ATEXT})*)[ \t]*<({_DOT_ATOM_ADDRESS})>|({_DOT_ATOM_ADDRESS}))[ \t]*"
+)
 _SURROGATES = re.compile("[\udc80-\udcff]")
 _LINE_BREAKS = re.compile(r"\r\n?|\n")
 _MESSAGE_ID = re.compile(r"<([^<>]*)>")
@@ -189,6 +196,29 @@ class ParsedMessage:
     attachments: list[AttachmentInfo]
 
 
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """What storing a message needs of its parse, small enough to pass between processes cheaply.
+
+    ``html`` is only kept when there is no plain text, the one case in which
+    search terms are made from it; otherwise it is the text again as HTML and
+    would double what has to be copied.
+    """
+
+    from_: Contact | None
+    to: list[Contact]
+    cc: list[Contact]
+    subject: str
+    message_id: str | None
+    in_reply_to: list[str]
+    references: list[str]
+    date: datetime | None
+    text: str
+    html: list[str]
+    intro: str
+    attachments: bool
+
+
 _Kind = Literal["text", "html", "attachment"]
 
 
@@ -212,7 +242,30 @@ def parse_message(raw: bytes) -> ParsedMessage:
     except Exception:
         # Every header and part is already guarded; this only keeps an
         # unforeseen failure from losing a message the server has accepted.
-        return ParsedMessage(None, [], [], [], [], "", None, [], [], None, "", [], "", [])
+        return _unparsed()
+
+
+def digest_message(raw: bytes) -> Digest:
+    """What storing the message needs of parse_message's result; never raises either."""
+    try:
+        # The plain text's HTML rendering is all that is left out; making it cannot fail.
+        parsed = _parse_message(raw, html_from_text=False)
+    except Exception:
+        parsed = _unparsed()
+    return Digest(
+        from_=parsed.from_,
+        to=parsed.to,
+        cc=parsed.cc,
+        subject=parsed.subject,
+        message_id=parsed.message_id,
+        in_reply_to=parsed.in_reply_to,
+        references=parsed.references,
+        date=parsed.date,
+        text=parsed.text,
+        html=[] if parsed.text else parsed.html,
+        intro=parsed.intro,
+        attachments=bool(parsed.attachments),
+    )
 
 
 def find_attachment(raw: bytes, attachment_id: str) -> tuple[AttachmentInfo, bytes] | None:
@@ -242,7 +295,7 @@ def normalize_subject(subject: str) -> str:
     return " ".join(rest.split()).casefold()
 
 
-def search_terms(parsed: ParsedMessage) -> list[str]:
+def search_terms(parsed: ParsedMessage | Digest) -> list[str]:
     """Distinct casefolded word tokens of the subject, people and body, in order of first occurrence.
 
     Addresses are indexed whole and as local part and domain too, so a search
@@ -273,7 +326,11 @@ def tokenize_query(query: str) -> list[str]:
 # Parsing
 
 
-def _parse_message(raw: bytes) -> ParsedMessage:
+def _unparsed() -> ParsedMessage:
+    return ParsedMessage(None, [], [], [], [], "", None, [], [], None, "", [], "", [])
+
+
+def _parse_message(raw: bytes, html_from_text: bool = True) -> ParsedMessage:
     msg = _parse(raw)
     headers = _header_values(msg, _TOP_HEADERS)
     texts: list[str] = []
@@ -288,7 +345,7 @@ def _parse_message(raw: bytes) -> ParsedMessage:
             body = _LINE_BREAKS.sub("\n", _decode_text(_payload_bytes(leaf.part), leaf.charset))
             (texts if leaf.kind == "text" else htmls).append(body)
     text = "\n".join(body for body in texts if body)
-    if not htmls and text.strip():
+    if html_from_text and not htmls and text.strip():
         htmls.append(_text_to_html(text))
     from_ = _contacts(headers.get("from", []))
     message_ids = _message_ids(headers.get("message-id", []))
@@ -501,7 +558,10 @@ def _subject(values: list[str]) -> str:
         return ""
     value = values[0]
     decoded = ""
-    if len(value) <= _MAX_POLICY_HEADER:
+    if len(value) <= _MAX_POLICY_HEADER and value.isascii() and "=?" not in value:
+        # Without encoded words the policy's parser gives the text back unchanged.
+        decoded = value
+    elif len(value) <= _MAX_POLICY_HEADER:
         try:
             decoded = str(_POLICY.header_factory("subject", value))
         except Exception:
@@ -519,11 +579,9 @@ def _contacts(values: list[str]) -> list[Contact]:
         return []
     pairs: list[tuple[str, str]] | None = None
     if len(value) <= _MAX_POLICY_HEADER:
-        try:
-            addresses = _POLICY.header_factory("to", value).addresses
-            pairs = [(address.display_name, address.addr_spec) for address in addresses]
-        except Exception:
-            pairs = None
+        pairs = _plain_mailboxes(value)
+        if pairs is None:
+            pairs = _policy_mailboxes(value)
     if pairs is None:
         try:
             pairs = [(_decode_words(name), address) for name, address in getaddresses([value])]
@@ -536,6 +594,33 @@ def _contacts(values: list[str]) -> list[Contact]:
         if name or address:
             contacts.append(Contact(name=name, address=address))
     return contacts
+
+
+def _plain_mailboxes(value: str) -> list[tuple[str, str]] | None:
+    """(display name, address) of every mailbox when each is "local@domain" or "Name <local@domain>".
+
+    Most mail names people that way, with ASCII words only, and for exactly
+    those forms the policy's parser (some 70 microseconds an address) gives
+    the words of the name and the address as written; anything else
+    (quotes, comments, groups, encoded words, 8-bit text) is left to it.
+    """
+    if "=?" in value:
+        return None
+    pairs = []
+    for part in value.split(","):
+        match = _PLAIN_MAILBOX.fullmatch(part)
+        if match is None:
+            return None
+        name, bracketed, bare = match.groups()
+        pairs.append((name or "", bracketed or bare))
+    return pairs
+
+
+def _policy_mailboxes(value: str) -> list[tuple[str, str]] | None:
+    try:
+        return [(address.display_name, address.addr_spec) for address in _POLICY.header_factory("to", value).addresses]
+    except Exception:
+        return None
 
 
 def _addr_spec(address: str) -> str:

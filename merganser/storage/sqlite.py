@@ -1,20 +1,23 @@
-"""The embedded backend: one SQLite file in WAL mode, through aiosqlite.
+"""The embedded backend: one SQLite file in WAL mode.
 
-Two connections are kept. Every change goes through one writer task that
-commits in groups: changes queued while a commit is under way are applied
-together in the next ``BEGIN IMMEDIATE`` transaction, each inside its own
-savepoint so that one failing change does not undo the others. A commit with
+Every change goes through one writer thread, which owns the only connection
+that writes and commits in groups: changes queued while a commit is under way
+are applied together in the next ``BEGIN IMMEDIATE`` transaction, each inside
+its own savepoint so that one failing change does not undo the others. A whole
+group is one call into that thread, not a round trip per statement, so the
+event loop only queues work and reads answers. A commit with
 ``synchronous=FULL`` is durable before any change in it is acknowledged, and
 grouping spreads the cost of that disk flush over many concurrent writers
 (deliveries over several LMTP connections, say). The immediate transaction
 also keeps other processes using the same file out while counters are read and
-bumped, so allocation stays atomic across processes. The reader serves queries
-without waiting for writes, which WAL allows.
+bumped, so allocation stays atomic across processes. A reader connection
+(through aiosqlite) serves queries without waiting for writes, which WAL
+allows.
 
 Lookups by key (a user by id, an address, a mailbox) run on the event loop
 itself, through a third, read-only connection: under WAL they never wait for a
 writer and take a few microseconds, an order of magnitude less than handing
-them to aiosqlite's thread and back. Should SQLite ever answer such a lookup
+them to another thread and back. Should SQLite ever answer such a lookup
 with "busy" (during recovery, say), it is retried through the reader instead
 of blocking the loop. Anything that may read much (listings, search, message
 sources) goes through the reader.
@@ -26,12 +29,15 @@ compare in SQL; JSON columns hold lists and small documents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,7 +63,12 @@ from merganser.storage.base import (
 )
 
 T = TypeVar("T")
-Work = Callable[[aiosqlite.Connection], Awaitable[T]]
+# A change, run in the writer thread inside the group's transaction.
+Work = Callable[[sqlite3.Connection], T]
+# What a group hands back to the event loop: each change's result or error, and
+# the users whose journals grew.
+GroupOutcome = tuple[list[tuple[Any, Exception | None]], list[str]]
+SEARCH_INSERT = "INSERT INTO message_search (rowid, subject, contacts, body) VALUES (?, ?, ?, ?)"
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -183,6 +194,11 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+# Every connection that writes or reads through a thread: WAL, durable commits, and
+# waiting for other processes' locks rather than failing at once.
+PRAGMAS = ("PRAGMA busy_timeout = 10000", "PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL")
+
+
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
@@ -208,7 +224,7 @@ WRITABLE_USER_FIELDS = frozenset(USER_FIELDS) - {"id", "created"}
 WRITABLE_MAILBOX_FIELDS = frozenset({"retention", "subscribed"})
 
 
-def _user(row: aiosqlite.Row) -> User:
+def _user(row: sqlite3.Row) -> User:
     # Positional: looking columns up by name in a Row is measurably slower,
     # and this runs on every authenticated request.
     values = dict(zip(USER_FIELDS, row, strict=True))
@@ -218,24 +234,24 @@ def _user(row: aiosqlite.Row) -> User:
     return User(**values)
 
 
-def _address(row: aiosqlite.Row) -> Address:
+def _address(row: sqlite3.Row) -> Address:
     return Address(row["id"], row["user"], row["address"], row["addrview"], _dt(row["created"]))
 
 
-def _asp(row: aiosqlite.Row) -> ApplicationPassword:
+def _asp(row: sqlite3.Row) -> ApplicationPassword:
     return ApplicationPassword(
         row["id"], row["user"], row["description"], json.loads(row["scopes"]), row["password_hash"], _dt(row["created"])
     )
 
 
-def _authlog(row: aiosqlite.Row) -> AuthLogEntry:
+def _authlog(row: sqlite3.Row) -> AuthLogEntry:
     values = dict(row)
     values["created"] = _dt(values["created"])
     values["expires"] = _dt(values["expires"])
     return AuthLogEntry(**values)
 
 
-def _mailbox(row: aiosqlite.Row) -> Mailbox:
+def _mailbox(row: sqlite3.Row) -> Mailbox:
     values = dict(row)
     values["subscribed"] = bool(values["subscribed"])
     values["created"] = _dt(values["created"])
@@ -246,7 +262,7 @@ MESSAGE_COLUMNS = "id, user, mailbox, uid, modseq, thread, size, idate, flags, s
 MESSAGE_FIELDS = tuple(MESSAGE_COLUMNS.replace(" ", "").split(","))
 
 
-def _message(row: aiosqlite.Row) -> Message:
+def _message(row: sqlite3.Row) -> Message:
     values = {name: row[name] for name in MESSAGE_FIELDS}
     values["idate"] = _dt(values["idate"])
     values["flags"] = json.loads(values["flags"])
@@ -255,12 +271,16 @@ def _message(row: aiosqlite.Row) -> Message:
     return Message(**values)
 
 
+def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[sqlite3.Row]:
+    return db.execute(sql, params).fetchall()
+
+
 def _fts_query(terms: list[str]) -> str:
     """An FTS5 query matching every term as a phrase (terms are word tokens)."""
     return " ".join('"' + term.replace('"', '""') + '"' for term in terms)
 
 
-def _journal(row: aiosqlite.Row) -> JournalEntry:
+def _journal(row: sqlite3.Row) -> JournalEntry:
     return JournalEntry(
         id=row["seq"],
         user=row["user"],
@@ -274,7 +294,7 @@ def _journal(row: aiosqlite.Row) -> JournalEntry:
     )
 
 
-def _duplicate_key(error: aiosqlite.IntegrityError) -> DuplicateKeyError:
+def _duplicate_key(error: sqlite3.IntegrityError) -> DuplicateKeyError:
     """Name the unique key an IntegrityError reports, e.g. 'users.unameview'."""
     message = str(error)
     if "users.unameview" in message:
@@ -296,44 +316,65 @@ class SQLiteStorage(Storage):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
-        self._writer: aiosqlite.Connection | None = None
+        # One thread, so the writing connection is only ever used from it.
+        self._writer: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lookups: sqlite3.Connection | None = None
-        self._pending: list[tuple[Work[Any], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Work[Any], bool, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # Users whose journals the group under way appended to (writer thread only).
         self._journaled: set[str] = set()
+        # Search index rows of the group under way, not written yet (writer thread only).
+        self._search_rows: list[tuple[int, str, str, str]] = []
 
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merganser-sqlite-writer")
+        try:
+            self._db = await asyncio.get_running_loop().run_in_executor(self._writer, self._open_writer)
+            self._reader = await self._connect()
+        except BaseException:
+            await self._close_writer()
+            raise
         # timeout=0: report "busy" at once rather than block the event loop.
         self._lookups = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
         self._lookups.row_factory = sqlite3.Row
         self._lookups.execute("PRAGMA query_only = ON")
 
+    def _open_writer(self) -> sqlite3.Connection:
+        """Connect and migrate, in the writer thread that will use the connection from now on."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            for pragma in PRAGMAS:
+                db.execute(pragma)
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA busy_timeout = 10000")
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = FULL")
+        db.row_factory = sqlite3.Row
+        for pragma in PRAGMAS:
+            await db.execute(pragma)
         return db
 
     @staticmethod
-    async def _migrate(db: aiosqlite.Connection) -> None:
+    def _migrate(db: sqlite3.Connection) -> None:
         """Bring the schema up to date, one numbered step at a time."""
-        await db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
-            (version,) = (await db.execute_fetchall("PRAGMA user_version"))[0]
+            (version,) = db.execute("PRAGMA user_version").fetchone()
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {number}")
-            await db.execute("COMMIT")
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
 
     async def close(self) -> None:
@@ -341,10 +382,19 @@ class SQLiteStorage(Storage):
             await self._flusher
         if self._lookups is not None:
             self._lookups.close()
-        for db in (self._reader, self._writer):
-            if db is not None:
-                await db.close()
-        self._reader = self._writer = self._lookups = None
+        if self._reader is not None:
+            await self._reader.close()
+        await self._close_writer()
+        self._reader = self._lookups = None
+
+    async def _close_writer(self) -> None:
+        """Close the writing connection in its thread, then end the thread (after any group still running)."""
+        if self._writer is None:
+            return
+        if self._db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._db.close)
+        self._writer.shutdown()
+        self._writer = self._db = None
 
     @property
     def _read(self) -> aiosqlite.Connection:
@@ -353,11 +403,15 @@ class SQLiteStorage(Storage):
 
     # Group commit
 
-    async def _write(self, work: Work[T]) -> T:
-        """Run ``work`` in the next group transaction; return once it is durable."""
+    async def _write(self, work: Work[T], *, defers_search: bool = False) -> T:
+        """Run ``work`` in the next group transaction; return once it is durable.
+
+        A work that ``defers_search`` leaves its search index rows in
+        ``_search_rows`` for the group to write (see ``_run_group``).
+        """
         assert self._writer is not None, "storage is not open"
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((work, future))
+        self._pending.append((work, defers_search, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -365,87 +419,116 @@ class SQLiteStorage(Storage):
     async def _flush(self) -> None:
         """Commit queued work in groups until the queue is empty."""
         while self._pending:
-            batch = [(work, future) for work, future in self._pending if not future.cancelled()]
+            batch = [entry for entry in self._pending if not entry[2].cancelled()]
             self._pending = []
             if batch:
                 await self._commit_group(batch)
 
-    async def _commit_group(self, batch: list[tuple[Work[Any], asyncio.Future[Any]]]) -> None:
-        """Apply a group in one transaction; every waiting writer gets an answer.
+    async def _commit_group(self, batch: list[tuple[Work[Any], bool, asyncio.Future[Any]]]) -> None:
+        """Apply a group in one call to the writer thread; every waiting writer gets an answer.
 
-        If the group cannot commit, every piece of it fails with the reason;
-        if the flusher itself is cancelled, the writers learn that too rather
-        than wait forever.
+        The answers come from the group's own completion, not from this task:
+        if the flusher is cancelled while the thread works, the group still
+        finishes (it cannot be interrupted half-way) and its writers still
+        learn what became of their changes.
         """
         assert self._writer is not None
-        db = self._writer
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        self._journaled.clear()
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            for work, future in batch:
-                outcomes.append((future, *await self._apply(db, work, savepoint=len(batch) > 1)))
-            await db.execute("COMMIT")
-        except BaseException as error:
-            failure = error if isinstance(error, Exception) else RuntimeError("storage is shutting down")
-            outcomes = [(future, None, failure) for _, future in batch]
-            if isinstance(error, Exception) and db.in_transaction:
-                await db.execute("ROLLBACK")
-            if not isinstance(error, Exception):
-                self._settle(outcomes)
-                raise
-        else:
-            # A piece rolled back to its savepoint may have named a user too; a
-            # listener told of a change that is not there just finds nothing new.
-            for user_id in self._journaled:
-                self._journal_grew(user_id)
-        self._settle(outcomes)
+        futures = [future for _, _, future in batch]
+        works = [(work, defers_search) for work, defers_search, _ in batch]
+        group = asyncio.wrap_future(self._writer.submit(self._run_group, works))
+        group.add_done_callback(partial(self._answer, futures))
+        # A failed group is reported to its writers by _answer; the flusher goes on with the next one.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(group)
 
-    @staticmethod
-    def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-        for future, result, error in outcomes:
+    def _run_group(self, works: list[tuple[Work[Any], bool]]) -> GroupOutcome:
+        """In the writer thread: apply every change in one transaction and commit it.
+
+        FTS5 writes what it has indexed so far to disk at every savepoint,
+        which would cost as much again as storing a message; so new messages'
+        search rows are written together once their savepoints are over,
+        just before the commit. Any other change may read or delete index
+        rows, so the rows deferred so far are written before it starts.
+
+        If the group cannot commit, it is rolled back and the error fails
+        every change in it.
+        """
+        assert self._db is not None
+        db = self._db
+        self._journaled.clear()
+        self._search_rows.clear()
+        results: list[tuple[Any, Exception | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for work, defers_search in works:
+                if not defers_search:
+                    self._write_search_rows(db)
+                results.append(self._apply(db, work, savepoint=len(works) > 1))
+            self._write_search_rows(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        # A piece rolled back to its savepoint may have named a user too; a
+        # listener told of a change that is not there just finds nothing new.
+        return results, list(self._journaled)
+
+    def _write_search_rows(self, db: sqlite3.Connection) -> None:
+        if self._search_rows:
+            db.executemany(SEARCH_INSERT, self._search_rows)
+            self._search_rows.clear()
+
+    def _apply(self, db: sqlite3.Connection, work: Work[Any], savepoint: bool) -> tuple[Any, Exception | None]:
+        """Run one piece of work; in a group, undo just that piece (and drop its search rows) if it fails."""
+        if not savepoint:
+            return work(db), None
+        deferred = len(self._search_rows)
+        db.execute("SAVEPOINT work")
+        try:
+            result = work(db)
+        except Exception as error:
+            db.execute("ROLLBACK TO work")
+            db.execute("RELEASE work")
+            del self._search_rows[deferred:]
+            return None, error
+        db.execute("RELEASE work")
+        return result, None
+
+    def _answer(self, futures: list[asyncio.Future[Any]], group: asyncio.Future[GroupOutcome]) -> None:
+        """On the event loop, once a group is over: tell journal listeners of a commit, then each writer."""
+        if group.cancelled():
+            outcomes: list[tuple[Any, BaseException | None]] = [(None, RuntimeError("storage is shutting down"))]
+            outcomes *= len(futures)
+        elif (error := group.exception()) is not None:
+            outcomes = [(None, error)] * len(futures)
+        else:
+            results, journaled = group.result()
+            for user_id in journaled:
+                self._journal_grew(user_id)
+            outcomes = list(results)
+        for future, (result, failure) in zip(futures, outcomes, strict=True):
             if future.done():
                 continue
-            if error is None:
+            if failure is None:
                 future.set_result(result)
             else:
-                future.set_exception(error)
-
-    @staticmethod
-    async def _apply(db: aiosqlite.Connection, work: Work[Any], savepoint: bool) -> tuple[Any, BaseException | None]:
-        """Run one piece of work; in a group, undo just that piece if it fails."""
-        if not savepoint:
-            result = await work(db)
-            return result, None
-        await db.execute("SAVEPOINT work")
-        try:
-            result = await work(db)
-        except Exception as error:
-            await db.execute("ROLLBACK TO work")
-            await db.execute("RELEASE work")
-            return None, error
-        await db.execute("RELEASE work")
-        return result, None
+                future.set_exception(failure)
 
     async def _write_unique(self, work: Work[T]) -> T:
         """Like _write, reporting a clash on a unique key as DuplicateKeyError."""
         try:
             return await self._write(work)
-        except aiosqlite.IntegrityError as error:
+        except sqlite3.IntegrityError as error:
             raise _duplicate_key(error) from None
 
     async def _execute(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> int:
         """A single-statement write; returns the number of rows it changed."""
-
-        async def work(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(sql, params)
-            return cursor.rowcount
-
-        return await self._write(work)
+        return await self._write(lambda db: db.execute(sql, params).rowcount)
 
     # Reading helpers
 
-    async def _few(self, sql: str, params: Sequence[Any]) -> list[aiosqlite.Row]:
+    async def _few(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         """Rows found by key, read on the event loop (see the module docstring).
 
         Only for reads bounded by one user's small sets: a user's mailboxes,
@@ -457,7 +540,7 @@ class SQLiteStorage(Storage):
         except sqlite3.OperationalError:
             return list(await self._read.execute_fetchall(sql, params))
 
-    async def _one(self, sql: str, params: Sequence[Any]) -> aiosqlite.Row | None:
+    async def _one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
         return next(iter(await self._few(sql, params)), None)
 
     async def _page(
@@ -468,7 +551,7 @@ class SQLiteStorage(Storage):
         key: str = "id",
         total: int | None = None,
         count_sql: str | None = None,
-    ) -> tuple[list[aiosqlite.Row], bool, int]:
+    ) -> tuple[list[sqlite3.Row], bool, int]:
         """Keyset paging shared by every paged listing.
 
         ``sql`` is a SELECT ending in its WHERE clause; the key condition,
@@ -498,7 +581,7 @@ class SQLiteStorage(Storage):
 
     async def _listing(
         self, table: str, columns: str, where: str, params: Sequence[Any], page: PageQuery
-    ) -> tuple[list[aiosqlite.Row], bool, int]:
+    ) -> tuple[list[sqlite3.Row], bool, int]:
         return await self._page(
             f"SELECT {columns} FROM {table} WHERE {where}",
             params,
@@ -509,13 +592,13 @@ class SQLiteStorage(Storage):
     # Users
 
     async def create_user(self, user: User, address: Address, mailboxes: list[Mailbox]) -> None:
-        async def work(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
                 f"INSERT INTO users ({USER_COLUMNS}, unameview) VALUES ({', '.join('?' * 21)})",
                 [*self._user_values(user), user.username.lower()],
             )
-            await self._insert_address(db, address)
-            await db.executemany(MAILBOX_INSERT, [self._mailbox_values(mailbox) for mailbox in mailboxes])
+            self._insert_address(db, address)
+            db.executemany(MAILBOX_INSERT, [self._mailbox_values(mailbox) for mailbox in mailboxes])
 
         await self._write_unique(work)
 
@@ -567,7 +650,7 @@ class SQLiteStorage(Storage):
         assignments = ", ".join(f"{name} = ?" for name in values)
         try:
             changed = await self._execute(f"UPDATE users SET {assignments} WHERE id = ?", [*values.values(), user_id])
-        except aiosqlite.IntegrityError as error:
+        except sqlite3.IntegrityError as error:
             raise _duplicate_key(error) from None
         return changed > 0
 
@@ -578,8 +661,9 @@ class SQLiteStorage(Storage):
         return changed > 0
 
     async def recalculate_storage(self, user_id: str) -> int:
-        async def work(db: aiosqlite.Connection) -> int:
-            rows = await db.execute_fetchall(
+        def work(db: sqlite3.Connection) -> int:
+            rows = _fetchall(
+                db,
                 "UPDATE users SET storage_used = (SELECT COALESCE(SUM(size), 0) FROM messages WHERE user = ?) "
                 "WHERE id = ? RETURNING storage_used",
                 [user_id, user_id],
@@ -591,8 +675,8 @@ class SQLiteStorage(Storage):
     # Addresses
 
     @staticmethod
-    async def _insert_address(db: aiosqlite.Connection, address: Address) -> None:
-        await db.execute(
+    def _insert_address(db: sqlite3.Connection, address: Address) -> None:
+        db.execute(
             "INSERT INTO addresses (id, user, address, addrview, created) VALUES (?, ?, ?, ?, ?)",
             [address.id, address.user, address.address, address.addrview, _ms(address.created)],
         )
@@ -666,8 +750,9 @@ class SQLiteStorage(Storage):
     # Failure counters
 
     async def increment_counter(self, key: str, expires: datetime) -> int:
-        async def work(db: aiosqlite.Connection) -> int:
-            rows = await db.execute_fetchall(
+        def work(db: sqlite3.Connection) -> int:
+            rows = _fetchall(
+                db,
                 "INSERT INTO counters (key, value, expires) VALUES (:key, 1, :expires) "
                 "ON CONFLICT (key) DO UPDATE SET "
                 "value = CASE WHEN counters.expires <= :now THEN 1 ELSE counters.value + 1 END, "
@@ -689,25 +774,30 @@ class SQLiteStorage(Storage):
     # Journal
 
     @staticmethod
-    async def _journal_ids(db: aiosqlite.Connection, user_id: str, count: int) -> list[int]:
+    def _journal_ids(db: sqlite3.Connection, user_id: str, count: int) -> list[int]:
         """Allocate ``count`` consecutive journal ids of a user."""
-        rows = await db.execute_fetchall(
-            "UPDATE users SET journal_seq = journal_seq + ? WHERE id = ? RETURNING journal_seq", [count, user_id]
+        rows = _fetchall(
+            db, "UPDATE users SET journal_seq = journal_seq + ? WHERE id = ? RETURNING journal_seq", [count, user_id]
         )
         last = rows[0][0]
         return list(range(last - count + 1, last + 1))
 
-    async def _journal(self, db: aiosqlite.Connection, user_id: str, events: list[JournalEvent]) -> list[int]:
-        """Append events inside the caller's transaction; return their ids.
+    def _journal(self, db: sqlite3.Connection, user_id: str, events: list[JournalEvent]) -> list[int]:
+        """Append events inside the caller's transaction; return their ids."""
+        if not events:
+            return []
+        ids = self._journal_ids(db, user_id, len(events))
+        self._append_journal(db, user_id, ids, events)
+        return ids
+
+    def _append_journal(self, db: sqlite3.Connection, user_id: str, ids: list[int], events: list[JournalEvent]) -> None:
+        """Write events under ids already allocated in the caller's transaction.
 
         The user's listeners are told once the group transaction commits.
         """
-        if not events:
-            return []
-        ids = await self._journal_ids(db, user_id, len(events))
         self._journaled.add(user_id)
         now = _now_ms()
-        await db.executemany(
+        db.executemany(
             "INSERT INTO journal (user, seq, command, mailbox, message, uid, modseq, data, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -725,7 +815,6 @@ class SQLiteStorage(Storage):
                 for seq, event in zip(ids, events, strict=True)
             ],
         )
-        return ids
 
     async def read_journal(self, user_id: str, after: int, limit: int) -> list[JournalEntry]:
         rows = await self._read.execute_fetchall(
@@ -765,25 +854,25 @@ class SQLiteStorage(Storage):
         return _mailbox(row) if row else None
 
     async def create_mailbox(self, mailbox: Mailbox, event: JournalEvent) -> None:
-        async def work(db: aiosqlite.Connection) -> None:
-            await db.execute(MAILBOX_INSERT, self._mailbox_values(mailbox))
-            await self._journal(db, mailbox.user, [event])
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(MAILBOX_INSERT, self._mailbox_values(mailbox))
+            self._journal(db, mailbox.user, [event])
 
         await self._write_unique(work)
 
     async def rename_mailboxes(self, user_id: str, renames: list[tuple[str, str]], events: list[JournalEvent]) -> None:
-        async def work(db: aiosqlite.Connection) -> None:
+        def work(db: sqlite3.Connection) -> None:
             # Park every renamed mailbox on a path no client can create first, so
             # that swapping names within one call cannot trip the unique index.
-            await db.executemany(
+            db.executemany(
                 "UPDATE mailboxes SET path = char(0) || id WHERE id = ? AND user = ?",
                 [(mailbox_id, user_id) for mailbox_id, _ in renames],
             )
-            await db.executemany(
+            db.executemany(
                 "UPDATE mailboxes SET path = ? WHERE id = ? AND user = ?",
                 [(path, mailbox_id, user_id) for mailbox_id, path in renames],
             )
-            await self._journal(db, user_id, events)
+            self._journal(db, user_id, events)
 
         await self._write_unique(work)
 
@@ -799,15 +888,15 @@ class SQLiteStorage(Storage):
         return changed > 0
 
     async def delete_mailbox(self, user_id: str, mailbox_id: str, event: JournalEvent) -> int:
-        async def work(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute("DELETE FROM mailboxes WHERE id = ? AND user = ?", [mailbox_id, user_id])
+        def work(db: sqlite3.Connection) -> int:
+            cursor = db.execute("DELETE FROM mailboxes WHERE id = ? AND user = ?", [mailbox_id, user_id])
             if cursor.rowcount == 0:
                 return -1
-            rows = await db.execute_fetchall(
-                "DELETE FROM messages WHERE mailbox = ? AND user = ? RETURNING seq, size", [mailbox_id, user_id]
+            rows = _fetchall(
+                db, "DELETE FROM messages WHERE mailbox = ? AND user = ? RETURNING seq, size", [mailbox_id, user_id]
             )
-            freed = await self._forget(db, user_id, rows)
-            await self._journal(db, user_id, [event])
+            freed = self._forget(db, user_id, rows)
+            self._journal(db, user_id, [event])
             return freed
 
         return await self._write(work)
@@ -827,9 +916,10 @@ class SQLiteStorage(Storage):
     # Messages
 
     @staticmethod
-    async def _take_uid(db: aiosqlite.Connection, user_id: str, mailbox_id: str, seen: bool) -> int:
+    def _take_uid(db: sqlite3.Connection, user_id: str, mailbox_id: str, seen: bool) -> int:
         """Allocate the next UID of a mailbox and count the message in it."""
-        rows = await db.execute_fetchall(
+        rows = _fetchall(
+            db,
             "UPDATE mailboxes SET uid_next = uid_next + 1, total = total + 1, unseen = unseen + ? "
             "WHERE id = ? AND user = ? RETURNING uid_next - 1",
             [int(not seen), mailbox_id, user_id],
@@ -839,54 +929,56 @@ class SQLiteStorage(Storage):
         return rows[0][0]
 
     @staticmethod
-    async def _forget(db: aiosqlite.Connection, user_id: str, rows: Sequence[aiosqlite.Row]) -> int:
+    def _forget(db: sqlite3.Connection, user_id: str, rows: Sequence[sqlite3.Row]) -> int:
         """Drop the sources and search entries of deleted messages and free their bytes."""
         seqs = [(row["seq"],) for row in rows]
-        await db.executemany("DELETE FROM message_sources WHERE seq = ?", seqs)
-        await db.executemany("DELETE FROM message_search WHERE rowid = ?", seqs)
+        db.executemany("DELETE FROM message_sources WHERE seq = ?", seqs)
+        db.executemany("DELETE FROM message_search WHERE rowid = ?", seqs)
         freed = sum(row["size"] for row in rows)
         if freed:
-            await db.execute("UPDATE users SET storage_used = storage_used - ? WHERE id = ?", [freed, user_id])
+            db.execute("UPDATE users SET storage_used = storage_used - ? WHERE id = ?", [freed, user_id])
         return freed
 
     async def add_message(self, message: Message, raw: bytes, search: SearchText, quota: int | None) -> Message | None:
-        async def work(db: aiosqlite.Connection) -> Message:
-            charge = "UPDATE users SET storage_used = storage_used + :size WHERE id = :user"
-            if quota is not None:
-                charge += " AND storage_used + :size <= :quota"
-            cursor = await db.execute(charge, {"size": message.size, "user": message.user, "quota": quota})
-            if cursor.rowcount == 0:
+        # Five statements and a search row for the group to write: charging
+        # the quota also allocates the journal id (which is the message's
+        # modseq), and taking the UID also moves the mailbox's modify index.
+        charge = "UPDATE users SET storage_used = storage_used + :size, journal_seq = journal_seq + 1 WHERE id = :user"
+        if quota is not None:
+            charge += " AND storage_used + :size <= :quota"
+        charge += " RETURNING journal_seq"
+
+        def work(db: sqlite3.Connection) -> Message:
+            charged = db.execute(charge, {"size": message.size, "user": message.user, "quota": quota}).fetchone()
+            if charged is None:
                 raise OverQuotaError
-            uid = await self._take_uid(db, message.user, message.mailbox, message.seen)
-            (modseq,) = await self._journal(
-                db,
-                message.user,
-                [
-                    JournalEvent(
-                        "EXISTS",
-                        mailbox=message.mailbox,
-                        message=message.id,
-                        uid=uid,
-                        data={"flags": message.flags, "thread": message.thread},
-                    )
-                ],
+            modseq = charged[0]
+            taken = db.execute(
+                "UPDATE mailboxes SET uid_next = uid_next + 1, total = total + 1, unseen = unseen + ?, "
+                "modify_index = ? WHERE id = ? AND user = ? RETURNING uid_next - 1",
+                [int(not message.seen), modseq, message.mailbox, message.user],
+            ).fetchone()
+            if taken is None:
+                raise _MailboxGone
+            stored = dataclasses.replace(message, uid=taken[0], modseq=modseq)
+            event = JournalEvent(
+                "EXISTS",
+                mailbox=stored.mailbox,
+                message=stored.id,
+                uid=stored.uid,
+                data={"flags": stored.flags, "thread": stored.thread},
             )
-            await db.execute("UPDATE mailboxes SET modify_index = ? WHERE id = ?", [modseq, message.mailbox])
-            stored = dataclasses.replace(message, uid=uid, modseq=modseq)
-            rows = await db.execute_fetchall(
+            self._append_journal(db, stored.user, [modseq], [event])
+            (seq,) = db.execute(
                 f"INSERT INTO messages ({MESSAGE_COLUMNS}, seen) VALUES ({', '.join('?' * 14)}) RETURNING seq",
                 [*self._message_values(stored), int(stored.seen)],
-            )
-            seq = rows[0][0]
-            await db.execute("INSERT INTO message_sources (seq, raw) VALUES (?, ?)", [seq, raw])
-            await db.execute(
-                "INSERT INTO message_search (rowid, subject, contacts, body) VALUES (?, ?, ?, ?)",
-                [seq, search.subject, search.contacts, search.body],
-            )
+            ).fetchone()
+            db.execute("INSERT INTO message_sources (seq, raw) VALUES (?, ?)", [seq, raw])
+            self._search_rows.append((seq, search.subject, search.contacts, search.body))
             return stored
 
         try:
-            return await self._write(work)
+            return await self._write(work, defers_search=True)
         except _MailboxGone:
             return None
 
@@ -978,16 +1070,16 @@ class SQLiteStorage(Storage):
         if unknown:
             raise ValueError(f"not writable message fields: {sorted(unknown)}")
 
-        async def work(db: aiosqlite.Connection) -> Message | None:
-            rows = await db.execute_fetchall(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND user = ?", [message_id, user_id]
+        def work(db: sqlite3.Connection) -> Message | None:
+            rows = _fetchall(
+                db, f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND user = ?", [message_id, user_id]
             )
             if not rows:
                 return None
             message = _message(rows[0])
             if "expires" in changes:
                 message.expires = changes["expires"]
-                await db.execute(
+                db.execute(
                     "UPDATE messages SET expires = ? WHERE id = ?",
                     [_ms(message.expires) if message.expires else None, message.id],
                 )
@@ -995,7 +1087,7 @@ class SQLiteStorage(Storage):
             if sorted(flags) != sorted(message.flags):
                 was_seen = message.seen
                 message.flags = list(flags)
-                (message.modseq,) = await self._journal(
+                (message.modseq,) = self._journal(
                     db,
                     user_id,
                     [
@@ -1008,11 +1100,11 @@ class SQLiteStorage(Storage):
                         )
                     ],
                 )
-                await db.execute(
+                db.execute(
                     "UPDATE messages SET flags = ?, seen = ?, modseq = ? WHERE id = ?",
                     [json.dumps(message.flags), int(message.seen), message.modseq, message.id],
                 )
-                await db.execute(
+                db.execute(
                     "UPDATE mailboxes SET unseen = unseen + ?, modify_index = ? WHERE id = ?",
                     [int(was_seen) - int(message.seen), message.modseq, message.mailbox],
                 )
@@ -1023,18 +1115,18 @@ class SQLiteStorage(Storage):
     async def move_message(
         self, user_id: str, message_id: str, target_mailbox_id: str, expires: datetime | None
     ) -> Message | None:
-        async def work(db: aiosqlite.Connection) -> Message | None:
-            rows = await db.execute_fetchall(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND user = ?", [message_id, user_id]
+        def work(db: sqlite3.Connection) -> Message | None:
+            rows = _fetchall(
+                db, f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND user = ?", [message_id, user_id]
             )
             if not rows:
                 return None
             message = _message(rows[0])
             source, old_uid = message.mailbox, message.uid
-            message.uid = await self._take_uid(db, user_id, target_mailbox_id, message.seen)
+            message.uid = self._take_uid(db, user_id, target_mailbox_id, message.seen)
             message.mailbox = target_mailbox_id
             message.expires = expires
-            expunged, message.modseq = await self._journal(
+            expunged, message.modseq = self._journal(
                 db,
                 user_id,
                 [
@@ -1048,12 +1140,12 @@ class SQLiteStorage(Storage):
                     ),
                 ],
             )
-            await db.execute(
+            db.execute(
                 "UPDATE mailboxes SET total = total - 1, unseen = unseen - ?, modify_index = ? WHERE id = ?",
                 [int(not message.seen), expunged, source],
             )
-            await db.execute("UPDATE mailboxes SET modify_index = ? WHERE id = ?", [message.modseq, target_mailbox_id])
-            await db.execute(
+            db.execute("UPDATE mailboxes SET modify_index = ? WHERE id = ?", [message.modseq, target_mailbox_id])
+            db.execute(
                 "UPDATE messages SET mailbox = ?, uid = ?, modseq = ?, expires = ? WHERE id = ?",
                 [message.mailbox, message.uid, message.modseq, _ms(expires) if expires else None, message.id],
             )
@@ -1068,24 +1160,25 @@ class SQLiteStorage(Storage):
         if not message_ids:
             return 0
 
-        async def work(db: aiosqlite.Connection) -> int:
-            rows = await db.execute_fetchall(
+        def work(db: sqlite3.Connection) -> int:
+            rows = _fetchall(
+                db,
                 f"DELETE FROM messages WHERE user = ? AND id IN ({', '.join('?' * len(message_ids))}) "
                 "RETURNING seq, id, mailbox, uid, size, seen",
                 [user_id, *message_ids],
             )
             if not rows:
                 return 0
-            ids = await self._journal(
+            ids = self._journal(
                 db,
                 user_id,
                 [JournalEvent("EXPUNGE", mailbox=row["mailbox"], message=row["id"], uid=row["uid"]) for row in rows],
             )
-            await db.executemany(
+            db.executemany(
                 "UPDATE mailboxes SET total = total - 1, unseen = unseen - ?, modify_index = ? WHERE id = ?",
                 [(1 - row["seen"], seq, row["mailbox"]) for row, seq in zip(rows, ids, strict=True)],
             )
-            return await self._forget(db, user_id, rows)
+            return self._forget(db, user_id, rows)
 
         return await self._write(work)
 
@@ -1094,3 +1187,115 @@ class SQLiteStorage(Storage):
             "SELECT user, id FROM messages WHERE expires IS NOT NULL AND expires <= ? LIMIT ?", [_ms(now), limit]
         )
         return [(row[0], row[1]) for row in rows]
+
+    # Several records at once
+
+    async def get_users(self, user_ids: list[str]) -> dict[str, User]:
+        found: dict[str, User] = {}
+        for chunk in _chunks(user_ids):
+            rows = await self._few(f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({_marks(chunk)})", chunk)
+            found.update((user.id, user) for user in map(_user, rows))
+        return found
+
+    async def mailboxes_of_users(self, user_ids: list[str]) -> dict[str, list[Mailbox]]:
+        found: dict[str, list[Mailbox]] = {}
+        for chunk in _chunks(user_ids):
+            rows = await self._read.execute_fetchall(
+                f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE user IN ({_marks(chunk)}) ORDER BY path", chunk
+            )
+            for mailbox in map(_mailbox, rows):
+                found.setdefault(mailbox.user, []).append(mailbox)
+        return found
+
+    async def counters_of_mailboxes(self, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
+        counters = {mailbox_id: MailboxCounters() for mailbox_id in mailbox_ids}
+        for chunk in _chunks(mailbox_ids):
+            rows = await self._read.execute_fetchall(
+                f"SELECT id, total, unseen FROM mailboxes WHERE id IN ({_marks(chunk)})", chunk
+            )
+            for mailbox_id, total, unseen in rows:
+                counters[mailbox_id] = MailboxCounters(total, unseen)
+        return counters
+
+    async def list_messages_of_mailboxes(self, listings: list[tuple[str, str, PageQuery]]) -> list[Slice[Message]]:
+        """One compound query per chunk of listings, each part using the (mailbox, uid) index like ``_page``."""
+        rows_of: list[list[sqlite3.Row]] = [[] for _ in listings]
+        totals: dict[tuple[str, str], int] = {}
+        numbered = list(enumerate(listings))
+        for chunk in _chunks(numbered, COMPOUND_PARTS):
+            parts, params = [], []
+            for number, (user_id, mailbox_id, page) in chunk:
+                backward = page.before is not None
+                edge = page.before if backward else page.after
+                op, order = (">", "ASC") if page.descending == backward else ("<", "DESC")
+                condition = f" AND uid {op} ?" if edge is not None else ""
+                parts.append(
+                    f"SELECT * FROM (SELECT {MESSAGE_COLUMNS}, ? AS listing FROM messages "
+                    f"WHERE mailbox = ? AND user = ?{condition} ORDER BY uid {order} LIMIT ?)"
+                )
+                params += [number, mailbox_id, user_id, *([edge] if edge is not None else []), page.limit + 1]
+            for row in await self._read.execute_fetchall(" UNION ALL ".join(parts), params):
+                rows_of[row["listing"]].append(row)
+        for chunk in _chunks(list({mailbox_id for _, mailbox_id, _ in listings})):
+            rows = await self._read.execute_fetchall(
+                f"SELECT user, id, total FROM mailboxes WHERE id IN ({_marks(chunk)})", chunk
+            )
+            totals.update(((user_id, mailbox_id), total) for user_id, mailbox_id, total in rows)
+        pages = []
+        for (user_id, mailbox_id, page), rows in zip(listings, rows_of, strict=True):
+            # Each part is ordered, the compound of them need not keep that order.
+            rows.sort(key=lambda row: row["uid"], reverse=page.descending == (page.before is None))
+            more = len(rows) > page.limit
+            rows = rows[: page.limit]
+            if page.before is not None:
+                rows.reverse()
+            pages.append(Slice([_message(row) for row in rows], more, totals.get((user_id, mailbox_id), 0)))
+        return pages
+
+    async def thread_messages(self, threads: list[tuple[str, str]], limit: int) -> dict[tuple[str, str], list[Message]]:
+        wanted = set(threads)
+        found: dict[tuple[str, str], list[Message]] = {}
+        for chunk in _chunks(sorted(wanted)):
+            users = sorted({user_id for user_id, _ in chunk})
+            thread_ids = sorted({thread_id for _, thread_id in chunk})
+            rows = await self._read.execute_fetchall(
+                f"SELECT {MESSAGE_COLUMNS} FROM (SELECT {MESSAGE_COLUMNS}, "
+                "ROW_NUMBER() OVER (PARTITION BY user, thread ORDER BY id) AS position FROM messages "
+                f"WHERE user IN ({_marks(users)}) AND thread IN ({_marks(thread_ids)})) "
+                "WHERE position <= ? ORDER BY id",
+                [*users, *thread_ids, limit],
+            )
+            for message in map(_message, rows):
+                key = (message.user, message.thread)
+                if key in wanted:
+                    found.setdefault(key, []).append(message)
+        return found
+
+    async def delete_user(self, user_id: str) -> bool:
+        """Everything goes in one transaction: a failure leaves the user as it was."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            if db.execute("DELETE FROM users WHERE id = ?", [user_id]).rowcount == 0:
+                return False
+            for table in ("addresses", "asps", "mailboxes", "journal", "authlog"):
+                db.execute(f"DELETE FROM {table} WHERE user = ?", [user_id])
+            rows = db.execute("DELETE FROM messages WHERE user = ? RETURNING seq", [user_id]).fetchall()
+            seqs = [(row[0],) for row in rows]
+            db.executemany("DELETE FROM message_sources WHERE seq = ?", seqs)
+            db.executemany("DELETE FROM message_search WHERE rowid = ?", seqs)
+            return True
+
+        return await self._write(work)
+
+
+# SQLite allows 500 parts in a compound SELECT and (before 3.32) 999 parameters per statement.
+COMPOUND_PARTS = 150
+CHUNK = 400
+
+
+def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
