@@ -19,6 +19,7 @@ from merganser.resolvers.context import Core
 from merganser.resolvers.forwarding import Forwarder
 from merganser.rest_compat import add_routes
 from merganser.rest_compat.http import CORE, api_middleware
+from merganser.schema.view import add_graphql_routes
 from merganser.storage import storage_from_url
 from merganser.storage.relay import RedisRelay
 
@@ -144,4 +145,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(end_streams)
     add_routes(app)
+    add_graphql_routes(app)
     return app

@@ -9,27 +9,45 @@ Storage
     Each test gets a fresh database that is dropped afterwards.
 
 Select one backend with ``-k sqlite`` or ``-k mongodb``.
+
+Servers and browsers
+    ``make_api`` runs merganser (HTTP API and LMTP maildrop on free loopback
+    ports) over ``storage_url`` with changed settings, ``api`` with the
+    defaults. ``page`` is a headless Chromium page (Debian's chromium through
+    Playwright) that fails its test if a script on it raised or if it loaded
+    anything from anywhere but this machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import pymongo
 import pytest
+from aiohttp.test_utils import TestClient
+from playwright.async_api import Browser, Page, async_playwright
 
+from merganser.app import create_app
+from merganser.config import Settings
 from merganser.storage import Storage, storage_from_url
 
 REPO = Path(__file__).resolve().parent.parent
 MONGODB_URL_ENV = "MERGANSER_TEST_MONGODB_URL"
 FERRETDB_START_TIMEOUT = 20.0
+CHROMIUM_PATHS = ("chromium", "chromium-browser", "google-chrome")
+SCREENSHOTS = REPO / "test-output" / "screenshots"
+
+ApiFactory = Callable[..., Awaitable[TestClient]]
 
 
 # Helpers
@@ -150,3 +168,66 @@ async def storage(storage_url: str) -> AsyncIterator[Storage]:
         yield store
     finally:
         await store.close()
+
+
+# Servers
+
+
+@pytest.fixture
+def make_api(storage_url: str, aiohttp_client: Any) -> ApiFactory:
+    async def factory(**overrides: Any) -> TestClient:
+        settings = dataclasses.replace(Settings(storage=storage_url, bcrypt_rounds=4, lmtp_port=0), **overrides)
+        return await aiohttp_client(create_app(settings))
+
+    return factory
+
+
+@pytest.fixture
+async def api(make_api: ApiFactory) -> TestClient:
+    return await make_api()
+
+
+# Browsers
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    executable = next(filter(None, map(shutil.which, CHROMIUM_PATHS)), None)
+    if executable is None:
+        pytest.fail("Chromium is not installed (scripts/test.sh installs Debian's chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1200, "height": 750})
+    page = await context.new_page()
+    errors: list[str] = []
+    outside: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: outside.append(request.url) if "127.0.0.1" not in request.url else None)
+    try:
+        yield page
+    finally:
+        await context.close()
+    assert errors == [], f"the page raised: {errors}"
+    assert [url for url in outside if not url.startswith("data:")] == [], "the page loaded files from elsewhere"
+
+
+async def _screenshot(page: Page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    await page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 1000
+    return path
+
+
+@pytest.fixture
+def screenshot() -> Callable[[Page, str], Awaitable[Path]]:
+    """``await screenshot(page, "name.png")`` keeps what the page shows in test-output/screenshots/."""
+    return _screenshot

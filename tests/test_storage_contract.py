@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
+from merganser.storage import storage_from_url
 from merganser.storage.base import (
     Address,
     ApplicationPassword,
@@ -1827,3 +1828,21 @@ async def test_concurrent_mailbox_creation_gets_distinct_journal_ids(storage: St
     assert sorted(entry.mailbox for entry in entries) == sorted(ids(boxes))  # type: ignore[type-var]
     assert {entry.command for entry in entries} == {"CREATE"}
     assert len(await storage.list_mailboxes(user.id)) == 24
+
+
+# Restarts
+
+
+async def test_a_store_can_be_opened_again(storage_url):
+    """What a restarted server does: open the same store again (indexes and schema already there)."""
+    user = make_user()
+    for opening in range(3):
+        store = storage_from_url(storage_url)
+        await store.open()
+        try:
+            if opening == 0:
+                await store.create_user(user, make_address(user), default_mailboxes(user))
+            found = await store.get_user(user.id)
+            assert found is not None and found.username == user.username
+        finally:
+            await store.close()

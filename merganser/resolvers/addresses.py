@@ -16,7 +16,7 @@ from merganser.resolvers.inputs import Input, Paging
 from merganser.resolvers.lookup import get_user
 from merganser.resolvers.normalize import normalize_address
 from merganser.resolvers.paging import PageResult, paginate
-from merganser.storage.base import Address, DuplicateKeyError
+from merganser.storage.base import Address, DuplicateKeyError, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,11 @@ class AddressView:
 
     address: Address
     main: bool
+
+
+def address_view(address: Address, user: User) -> AddressView:
+    """An address with its flag: the main address is the one recorded on its user."""
+    return AddressView(address, address.address == user.address)
 
 
 class ListAddresses(Paging):
@@ -50,7 +55,7 @@ async def search_addresses(core: Core, data: ListAddresses) -> PageResult[Addres
 async def list_user_addresses(core: Core, user_id: str) -> list[AddressView]:
     user = await get_user(core, user_id)
     addresses = await core.storage.list_user_addresses(user.id)
-    return [AddressView(address, address.address == user.address) for address in addresses]
+    return [address_view(address, user) for address in addresses]
 
 
 async def get_address(core: Core, user_id: str, address_id: str) -> AddressView:
@@ -58,7 +63,7 @@ async def get_address(core: Core, user_id: str, address_id: str) -> AddressView:
     address = await core.storage.get_address(check_id(address_id, "address"))
     if address is None or address.user != user.id:
         raise NotFoundError("Unknown address", "AddressNotFound")
-    return AddressView(address, address.address == user.address)
+    return address_view(address, user)
 
 
 async def create_address(core: Core, user_id: str, data: CreateAddress) -> Address:

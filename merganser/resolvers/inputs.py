@@ -79,6 +79,17 @@ Text = Annotated[str, Field(max_length=256)]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 
 
+def with_default_ip(model: type[Input], data: Any, remote: str | None) -> Any:
+    """Default the client IP of logged actions to the connecting address.
+
+    ``ip`` in a request is the client the calling application reports; when
+    it reports none, the address the request came from is logged instead.
+    """
+    if "ip" in model.model_fields and isinstance(data, Mapping) and "ip" not in data and remote:
+        return {**data, "ip": remote}
+    return data
+
+
 class Empty(Input):
     """For requests that take no parameters: anything sent is refused."""
 

@@ -126,10 +126,14 @@ class MailboxView:
     counters: MailboxCounters | None
 
 
+def display_order(mailboxes: list[Mailbox]) -> list[Mailbox]:
+    """INBOX first, then by path, as mail clients list folders."""
+    return sorted(mailboxes, key=lambda mailbox: (mailbox.path != INBOX, mailbox.path))
+
+
 async def list_mailboxes(core: Core, user_id: str, data: ListMailboxes) -> list[MailboxView]:
     user = await get_user(core, user_id)
-    mailboxes = await core.storage.list_mailboxes(user.id)
-    mailboxes.sort(key=lambda mailbox: (mailbox.path != INBOX, mailbox.path))
+    mailboxes = display_order(await core.storage.list_mailboxes(user.id))
     if not data.counters:
         return [MailboxView(mailbox, None) for mailbox in mailboxes]
     found = await core.storage.mailbox_counters(user.id, [mailbox.id for mailbox in mailboxes])

@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from merganser.errors import ValidationError
@@ -23,16 +23,27 @@ from merganser.storage.base import PageQuery, Slice
 T = TypeVar("T")
 
 
+Key = str | int
+
+
 @dataclass(slots=True)
 class PageResult(Generic[T]):
+    """A page with the cursors of its neighbours; ``keys`` and ``listing`` give each item's own cursor."""
+
     items: list[T]
     total: int
     page: int
     next: str | None
     previous: str | None
+    listing: str = ""
+    keys: list[Key] = field(default_factory=list)
 
+    def cursor(self, index: int) -> str:
+        """The cursor that, given as ``next``, continues the listing after item ``index``.
 
-Key = str | int
+        Cursor-based clients (GraphQL connections) hand out one per item.
+        """
+        return encode_cursor(self.listing, "next", self.keys[index])
 
 
 def encode_cursor(listing: str, direction: str, key: Key) -> str:
@@ -88,7 +99,17 @@ async def paginate(
     it to the storage, which then returns the keys with the page.
     """
     query = page_query(paging, listing, descending, numeric)
-    found = await fetch(query)
+    return page_result(listing, paging, query, await fetch(query), key)
+
+
+def page_result(
+    listing: str, paging: Paging, query: PageQuery, found: Slice[T], key: Callable[[T], Key]
+) -> PageResult[T]:
+    """The page ``query`` (made by ``page_query``) found, with the cursors of its neighbours.
+
+    Split from ``paginate`` for callers that fetch the pages of several
+    listings in one storage call.
+    """
     items = found.items
     keys = found.keys if found.keys is not None else [key(item) for item in items]
     if query.before is not None:
@@ -102,4 +123,4 @@ async def paginate(
     if has_previous:
         edge = keys[0] if keys else query.after
         previous_cursor = encode_cursor(listing, "previous", edge) if edge else None
-    return PageResult(items, found.total, paging.page, next_cursor, previous_cursor)
+    return PageResult(items, found.total, paging.page, next_cursor, previous_cursor, listing, keys)

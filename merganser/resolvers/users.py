@@ -171,3 +171,10 @@ async def update_user(core: Core, user_id: str, data: UpdateUser) -> None:
         raise NotFoundError("This user does not exist", "UserNotFound")
     if data.password is not None:
         await log_event(core, user.id, "password change", "success", data.ip)
+
+
+async def delete_user(core: Core, user_id: str) -> None:
+    """Delete an account and everything stored for it; its addresses become free for others to take."""
+    user = await get_user(core, user_id)
+    if not await core.storage.delete_user(user.id):
+        raise NotFoundError("This user does not exist", "UserNotFound")

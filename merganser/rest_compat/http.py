@@ -7,7 +7,6 @@ generic 500 body that reveals nothing about the server.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -28,8 +27,9 @@ from merganser.errors import (
     UnavailableError,
     ValidationError,
 )
+from merganser.resolvers.access import token_accepted
 from merganser.resolvers.context import Core
-from merganser.resolvers.inputs import Input
+from merganser.resolvers.inputs import Input, with_default_ip
 from merganser.resolvers.paging import PageResult
 
 log = logging.getLogger("merganser.http")
@@ -115,9 +115,7 @@ async def body(request: web.Request, limit: int | None = None) -> Any:
 
 def with_ip(request: web.Request, model: type[Input], data: Any) -> Any:
     """Default the client IP of logged actions to the connecting address."""
-    if "ip" in model.model_fields and isinstance(data, dict) and "ip" not in data and request.remote:
-        return {**data, "ip": request.remote}
-    return data
+    return with_default_ip(model, data, request.remote)
 
 
 async def json_input(request: web.Request, model: type[Input_T]) -> Input_T:
@@ -145,16 +143,33 @@ def page_links(request: web.Request, page: PageResult[Any]) -> dict[str, Any]:
     }
 
 
-def token_matches(request: web.Request, expected: str) -> bool:
-    given = request.headers.get(TOKEN_HEADER) or request.query.get(TOKEN_PARAMETER) or ""
-    return hmac.compare_digest(given.encode(), expected.encode())
+def given_token(request: web.Request) -> str | None:
+    """The access token a request carries, in its header or its query string."""
+    return request.headers.get(TOKEN_HEADER) or request.query.get(TOKEN_PARAMETER)
+
+
+_OWN_TOKEN_CHECK = "merganser_checks_own_token"
+
+
+def checks_own_token(handler: Handler) -> Handler:
+    """Mark a handler that checks the access token itself, so the middleware lets its requests through.
+
+    GraphQL needs this: a WebSocket carries the token in its first message,
+    after the handshake the middleware would otherwise refuse.
+    """
+    setattr(handler, _OWN_TOKEN_CHECK, True)
+    return handler
+
+
+def _token_checked_here(request: web.Request) -> bool:
+    return not request.path.startswith(OPEN_PREFIX) and not getattr(request.match_info.handler, _OWN_TOKEN_CHECK, False)
 
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check the access token and turn every failure into a JSON error."""
     token = request.app[CORE].settings.access_token
-    if token and not request.path.startswith(OPEN_PREFIX) and not token_matches(request, token):
+    if token and _token_checked_here(request) and not token_accepted(token, given_token(request)):
         return error_response(401, "Invalid or missing access token", "InvalidToken")
     try:
         return await handler(request)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -10,6 +9,7 @@ from aiohttp import web
 
 from merganser.resolvers import messages
 from merganser.resolvers.parsing import AttachmentInfo
+from merganser.resolvers.summaries import flag_states, sent_date
 from merganser.rest_compat.http import (
     body,
     core_of,
@@ -26,12 +26,6 @@ from merganser.storage.base import Message
 RFC822 = "message/rfc822"
 
 
-def _date(message: Message) -> str:
-    """The Date header when it parsed, else the time the message arrived."""
-    sent = message.summary.get("date")
-    return timestamp(datetime.fromisoformat(sent) if sent else message.idate)
-
-
 def _listed(message: Message) -> dict[str, Any]:
     summary = message.summary
     return {
@@ -41,11 +35,11 @@ def _listed(message: Message) -> dict[str, Any]:
         "uid": message.uid,
         "from": summary.get("from"),
         "subject": summary.get("subject", ""),
-        "date": _date(message),
+        "date": timestamp(sent_date(message)),
         "intro": summary.get("intro", ""),
         "attachments": summary.get("attachments", False),
         "size": message.size,
-        **{name: flag in message.flags for name, flag in messages.FLAGS.items()},
+        **flag_states(message),
     }
 
 

@@ -479,3 +479,31 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def last_journal_id(self, user_id: str) -> int:
         """The id of the user's newest committed journal entry, 0 if there is none."""
+
+    # Several records at once, for front ends that resolve nested fields of many
+    # parents in one go (GraphQL's DataLoaders): one call instead of one per parent.
+
+    @abc.abstractmethod
+    async def get_users(self, user_ids: list[str]) -> dict[str, User]:
+        """The users among ``user_ids`` that exist, by id."""
+
+    @abc.abstractmethod
+    async def mailboxes_of_users(self, user_ids: list[str]) -> dict[str, list[Mailbox]]:
+        """Every mailbox of each given user, ordered by path; a user with none has no entry."""
+
+    @abc.abstractmethod
+    async def counters_of_mailboxes(self, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
+        """Total and unseen counts of mailboxes of any users, by id; unknown ids count zero."""
+
+    @abc.abstractmethod
+    async def list_messages_of_mailboxes(self, listings: list[tuple[str, str, PageQuery]]) -> list[Slice[Message]]:
+        """A page of each (user id, mailbox id, page), in the order given, exactly as ``list_messages`` pages."""
+
+    @abc.abstractmethod
+    async def thread_messages(self, threads: list[tuple[str, str]], limit: int) -> dict[tuple[str, str], list[Message]]:
+        """The oldest ``limit`` messages of each (user id, thread id), oldest first; a thread with none has no entry."""
+
+    @abc.abstractmethod
+    async def delete_user(self, user_id: str) -> bool:
+        """Delete a user and everything stored for it: addresses, application passwords,
+        mailboxes, messages, journal and authlog. False if the user did not exist."""

@@ -834,10 +834,13 @@ class MongoStorage(Storage):
         return {group["_id"]: group["count"] for group in await cursor.to_list()}
 
     async def mailbox_counters(self, user_id: str, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
+        return await self._counters({"user": user_id}, mailbox_ids)
+
+    async def _counters(self, match: Document, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
         """Count all and seen messages separately: FerretDB v1 has no ``$cond`` to do both in one pass."""
         if not mailbox_ids:
             return {}
-        match = {"user": user_id, "mailbox": {"$in": mailbox_ids}}
+        match = {**match, "mailbox": {"$in": mailbox_ids}}
         totals = await self._count_by_mailbox(match)
         seen = await self._count_by_mailbox({**match, "flags": "\\Seen"})
         return {
@@ -1033,6 +1036,9 @@ class MongoStorage(Storage):
         return b"".join(chunk["data"] for chunk in chunks if chunk is not None)
 
     async def list_messages(self, user_id: str, mailbox_id: str, page: PageQuery) -> Slice[Message]:
+        return await self._message_page(user_id, mailbox_id, page)
+
+    async def _message_page(self, user_id: str, mailbox_id: str, page: PageQuery) -> Slice[Message]:
         """Keyset pages on the unique (mailbox, uid) index; the total is counted, as no counter is kept."""
         match = {"user": user_id, "mailbox": mailbox_id}
         return _records(Message, await self._page("messages", match, page, key="uid", projection=MESSAGE_PROJECTION))
@@ -1193,3 +1199,60 @@ class MongoStorage(Storage):
         cursor = self._collection("journal").find({"user": user_id, "seq": {"$gt": after}})
         documents = await cursor.sort("seq", ASCENDING).limit(limit).to_list()
         return [_journal_entry(document) for document in documents]
+
+    # Several records at once
+
+    async def get_users(self, user_ids: list[str]) -> dict[str, User]:
+        documents = await self._collection("users").find({"_id": {"$in": user_ids}}).to_list()
+        users = await _each(documents, self._user)
+        return {user.id: user for user in users if user is not None}
+
+    async def mailboxes_of_users(self, user_ids: list[str]) -> dict[str, list[Mailbox]]:
+        cursor = self._collection("mailboxes").find({"user": {"$in": user_ids}}).sort("path", ASCENDING)
+        found: dict[str, list[Mailbox]] = {}
+        for mailbox in await _each(await cursor.to_list(), self._mailbox):
+            found.setdefault(mailbox.user, []).append(mailbox)
+        return found
+
+    async def counters_of_mailboxes(self, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
+        """Counted like ``mailbox_counters``, for mailboxes of any users."""
+        return await self._counters({}, mailbox_ids)
+
+    async def list_messages_of_mailboxes(self, listings: list[tuple[str, str, PageQuery]]) -> list[Slice[Message]]:
+        """Each page on the (mailbox, uid) index, several at a time: FerretDB v1 cannot limit per group."""
+        return await _each(listings, lambda listing: self._message_page(*listing))
+
+    async def thread_messages(self, threads: list[tuple[str, str]], limit: int) -> dict[tuple[str, str], list[Message]]:
+        wanted = set(threads)
+        if not wanted or limit <= 0:
+            return {}
+        match = {
+            "user": {"$in": sorted({user_id for user_id, _ in wanted})},
+            "thread": {"$in": sorted({thread_id for _, thread_id in wanted})},
+        }
+        cursor = self._collection("messages").find(match, MESSAGE_PROJECTION).sort("_id", ASCENDING)
+        found: dict[tuple[str, str], list[Message]] = {}
+        for document in await cursor.to_list():
+            key = (document["user"], document["thread"])
+            if key in wanted and len(found.setdefault(key, [])) < limit:
+                found[key].append(_record(Message, document))
+        return found
+
+    async def delete_user(self, user_id: str) -> bool:
+        """Addresses go first, so that no more mail is delivered, then the user document.
+
+        Each mailbox is then deleted as ``delete_mailbox`` does, which also
+        removes a message whose delivery was under way; what is left of the
+        user's bookkeeping goes last.
+        """
+        await self._collection("addresses").delete_many({"user": user_id})
+        if not await self._delete_one("users", {"_id": user_id}):
+            return False
+        for document in await self._collection("mailboxes").find({"user": user_id}, {"path": 1}).to_list():
+            event = JournalEvent("DELETE", mailbox=document["_id"], data={"path": document["path"]})
+            await self.delete_mailbox(user_id, document["_id"], event)
+        for name in ("asps", "twofa_steps", "authlog", "journal"):
+            await self._collection(name).delete_many({"user": user_id})
+        await self._collection("usage").delete_many(_numbered(user_id))
+        await self._collection("usage").delete_one({"_id": user_id})
+        return True

@@ -1,59 +1,19 @@
 """The pages merganser serves, driven in headless Chromium (Debian's chromium, through Playwright).
 
-Each test leaves a screenshot in test-output/screenshots/ at the top of the
-repository, so a run shows what the pages looked like.
+The page's screenshot is left in test-output/screenshots/ at the top of the
+repository, so a run shows what it looked like. GraphiQL's browser test is
+with the GraphQL tests.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from helpers import create_user, deliver_ok, simple_message
-from playwright.async_api import Browser, Page, async_playwright, expect
-
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
-CHROMIUM_PATHS = ("chromium", "chromium-browser", "google-chrome")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    executable = next(filter(None, map(shutil.which, CHROMIUM_PATHS)), None)
-    if executable is None:
-        pytest.fail("Chromium is not installed (scripts/test.sh installs Debian's chromium)")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    context = await browser.new_context(viewport={"width": 1100, "height": 700})
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        yield page
-    finally:
-        await context.close()
-    assert errors == [], f"the page raised: {errors}"
-
-
-async def screenshot(page: Page, name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / name
-    await page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 1000
-    return path
+from playwright.async_api import expect
 
 
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
-async def test_public_page_shows_a_delivery_as_it_arrives(api, page):
+async def test_public_page_shows_a_delivery_as_it_arrives(api, page, screenshot):
     await create_user(api, "bob", address="bob@example.com")
     user_id = await create_user(api, "alice", address="alice@example.com", name="Alice")
     await page.goto(str(api.make_url("/public/")))

@@ -1,0 +1,90 @@
+"""The DataLoaders of one request: nested fields of many parents, fetched in one call per level.
+
+Resolving ``users { mailboxes { total messages { thread } } }`` field by field
+would fetch each user's mailboxes, each mailbox's counters and page and each
+message's thread on its own. A DataLoader collects the keys every resolver of
+one level asks for while the level runs and hands them to one function in
+``merganser.resolvers.batches``, which makes one storage call for all of them.
+
+Loaders are made per request, so their caches never outlive it. A WebSocket
+connection runs many operations over time, so its loaders keep no cache at
+all and only batch: an update event must never be shown with stale data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from functools import cached_property
+from typing import TypeVar
+
+from strawberry.dataloader import DataLoader
+
+from merganser.resolvers import batches, messages
+from merganser.resolvers.context import Core
+from merganser.resolvers.messages import ListMessages, MessageDetails
+from merganser.resolvers.paging import PageResult
+from merganser.storage.base import Mailbox, MailboxCounters, Message, User
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+MessageKey = tuple[str, str, str]
+"""(user id, mailbox id, message id)"""
+ListingKey = tuple[str, str, ListMessages]
+"""(user id, mailbox id, paging)"""
+ThreadKey = tuple[str, str]
+"""(user id, thread id)"""
+
+
+class Loaders:
+    """One DataLoader per kind of nested field, each made when first used."""
+
+    def __init__(self, core: Core, cache: bool) -> None:
+        self._core = core
+        self._cache = cache
+
+    def _loader(self, load: Callable[[Core, Sequence[K]], Awaitable[Sequence[V | BaseException]]]) -> DataLoader[K, V]:
+        core = self._core
+
+        async def load_fn(keys: list[K]) -> Sequence[V | BaseException]:
+            return await load(core, keys)
+
+        return DataLoader(load_fn=load_fn, cache=self._cache)
+
+    @cached_property
+    def users(self) -> DataLoader[str, User | None]:
+        return self._loader(batches.users)
+
+    @cached_property
+    def mailboxes(self) -> DataLoader[str, list[Mailbox]]:
+        """A user's mailboxes, by user id."""
+        return self._loader(batches.mailboxes)
+
+    @cached_property
+    def counters(self) -> DataLoader[str, MailboxCounters]:
+        """A mailbox's total and unseen counts, by mailbox id."""
+        return self._loader(batches.counters)
+
+    @cached_property
+    def message_pages(self) -> DataLoader[ListingKey, PageResult[Message]]:
+        return self._loader(batches.message_pages)
+
+    @cached_property
+    def threads(self) -> DataLoader[ThreadKey, list[Message]]:
+        return self._loader(batches.threads)
+
+    @cached_property
+    def details(self) -> DataLoader[MessageKey, MessageDetails]:
+        """What only the message source tells (HTML, text, attachments), read and parsed once per message."""
+        return self._loader(_details)
+
+
+async def _details(core: Core, keys: Sequence[MessageKey]) -> list[MessageDetails | BaseException]:
+    """Each message read and parsed through the same path as REST's single-message view.
+
+    The sources are read concurrently, one per message: parsing dominates,
+    and the query cost limits how many messages one query may ask this of.
+    A failure stays with its own message.
+    """
+    return await asyncio.gather(*(messages.get_message(core, *key) for key in keys), return_exceptions=True)
