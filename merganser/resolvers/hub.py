@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from merganser.errors import MerganserError, UnavailableError
 from merganser.storage.base import JournalEntry, Storage
@@ -48,7 +48,18 @@ class Subscription:
     (or leave an ``async with``) when the client goes away.
     """
 
-    __slots__ = ("_backlog_until", "_buffer", "_closed", "_dropped", "_feed", "_hub", "_last", "_user_id", "_waiter")
+    __slots__ = (
+        "_backlog_until",
+        "_buffer",
+        "_closed",
+        "_dropped",
+        "_feed",
+        "_hub",
+        "_last",
+        "_sink",
+        "_user_id",
+        "_waiter",
+    )
 
     def __init__(self, hub: UpdateHub, user_id: str, after: int) -> None:
         self._hub = hub
@@ -57,9 +68,10 @@ class Subscription:
         self._backlog_until: int | None = None
         self._feed: _Feed | None = None
         self._buffer: deque[JournalEntry] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         self._dropped = False
         self._closed = False
+        self._sink: Callable[[list[JournalEntry]], bool] | None = None
 
     @property
     def user_id(self) -> str:
@@ -130,19 +142,41 @@ class Subscription:
                 continue
             if self._dropped:
                 raise SubscriberTooSlow(self._last)
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
             try:
-                await asyncio.wait((waiter,), timeout=timeout)
+                if await waiter:
+                    return []
             finally:
                 self._waiter = None
-            if not waiter.done():
-                return []
+                if timer is not None:
+                    timer.cancel()
         return []
+
+    def send_directly(self, sink: Callable[[list[JournalEntry]], bool]) -> None:
+        """Let the feed hand new entries straight to ``sink`` while the consumer waits with nothing pending.
+
+        Waking the consuming task for every entry is most of what a stream
+        costs when one change reaches many subscribers. ``sink`` returns False
+        when it cannot take the entries right away (say, its socket is
+        behind); they are then buffered and the consumer woken as usual. The
+        consumer's own reads keep journal order, because the sink is only
+        used while it has nothing buffered and is parked waiting.
+        """
+        self._sink = sink
 
     def _deliver(self, entries: list[JournalEntry]) -> None:
         """Called by the feed: buffer new entries, or drop the subscriber if the buffer is full."""
         if self._dropped:
             return
+        if self._sink is not None and self._waiter is not None and not self._buffer and self._backlog_until is None:
+            fresh = [entry for entry in entries if entry.id > self._last]
+            if not fresh:
+                return
+            if self._sink(fresh):
+                self._last = fresh[-1].id
+                return
         if len(self._buffer) + len(entries) > self._hub.buffer_limit:
             self._dropped = True
             self._detach()
@@ -152,7 +186,7 @@ class Subscription:
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self._waiter.set_result(False)
 
     def _detach(self) -> None:
         if self._feed is None:
@@ -168,6 +202,12 @@ class Subscription:
         self._buffer.clear()
         self._detach()
         self._wake()
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    """End a wait that nothing woke: its result True means "timed out"."""
+    if not waiter.done():
+        waiter.set_result(True)
 
 
 class _Feed:

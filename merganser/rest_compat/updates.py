@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from merganser.errors import ValidationError
 from merganser.resolvers import updates
@@ -81,12 +82,37 @@ async def _send(request: web.Request, response: web.StreamResponse, data: bytes,
         await asyncio.wait_for(response.write(data), timeout=stall)
 
 
+def _writer(request: web.Request) -> Callable[[list[JournalEntry]], bool]:
+    """Write events from the feed without waking the stream's task, while the socket keeps up.
+
+    Each write is one complete HTTP/1.1 chunk, as the response's own writes
+    are, so the two interleave into a valid chunked body.
+    """
+
+    def write(entries: list[JournalEntry]) -> bool:
+        transport = request.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        data = b"".join(map(_frame, entries))
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return True
+
+    return write
+
+
 async def stream(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     subscription = await updates.subscribe(core, request.match_info["user"], _resume_from(request))
     async with subscription:
         response = web.StreamResponse(headers=STREAM_HEADERS)
+        if request.version >= HttpVersion11:
+            response.enable_chunked_encoding()
+        else:
+            # Without chunks, only closing the connection tells the client where the stream ends.
+            response.force_close()
         await response.prepare(request)
+        if response.chunked:
+            subscription.send_directly(_writer(request))
         interval = core.settings.heartbeat_interval
         try:
             while True:
