@@ -15,10 +15,12 @@ class GraphQLContext:
 
     ``connection_params`` is the ``connection_init`` payload of a WebSocket
     (Strawberry sets it), where the access token travels; ``handshake_token``
-    is a token the WebSocket's handshake carried instead.
+    is a token the WebSocket's handshake carried instead. ``position`` is the
+    journal id a subscription's latest event came from: members of a shared
+    subscription that are dropped resume from it.
     """
 
-    __slots__ = ("_loaders", "cache", "connection_params", "core", "handshake_token", "remote")
+    __slots__ = ("_loaders", "cache", "connection_params", "core", "handshake_token", "position", "remote")
 
     def __init__(self, core: Core, remote: str | None, cache: bool = True) -> None:
         self.core = core
@@ -26,6 +28,7 @@ class GraphQLContext:
         self.cache = cache
         self.connection_params: dict[str, Any] | None = None
         self.handshake_token: str | None = None
+        self.position: int | None = None
         self._loaders: Loaders | None = None
 
     @property

@@ -69,13 +69,15 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.execution import optimized_is_awaitable
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext, StreamResult
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from merganser.schema.context import GraphQLContext
 from merganser.schema.errors import present, present_all
 from merganser.schema.limits import Prepared, Preparer, check
 from merganser.schema.scalars import LONG_LIMIT
+from merganser.schema.sharing import SharedSubscriptions
 
 CACHE_SIZE = 256
 INT_LIMIT = 2**31
@@ -501,6 +503,7 @@ class MerganserSchema(strawberry.Schema):
         super().__init__(*args, execution_context_class=FastExecutor, extensions=[Guard], **kwargs)
         self.preparer = Preparer(self._schema)
         self.compiling = True
+        self.shared = SharedSubscriptions()
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         """Errors are logged where they are presented (``errors.present``): once, and only unexpected ones."""
@@ -550,6 +553,65 @@ class MerganserSchema(strawberry.Schema):
         if optimized_is_awaitable(outcome):
             outcome = await outcome
         return ExecutionResult(data=outcome.data, errors=present_all(outcome.errors))
+
+    async def stream(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+    ) -> StreamResult:
+        """Operations over WebSockets (both protocols come here); identical live ones share (see ``sharing``).
+
+        A subscription joins a shared execution only once it passed everything
+        an unshared one would (parsing, validation, the limits) with its own
+        variables; anything else runs on its own, reporting its errors itself.
+        """
+
+        def alone(context: Any) -> StreamResult:
+            return super(MerganserSchema, self).stream(
+                query,
+                variable_values=variable_values,
+                context_value=context,
+                root_value=root_value,
+                operation_name=operation_name,
+                operation_extensions=operation_extensions,
+                allowed_operation_types=allowed_operation_types,
+            )
+
+        allowed = allowed_operation_types is None or OperationType.SUBSCRIPTION in allowed_operation_types
+        if not allowed or not self._shareable(
+            query, variable_values, context_value, root_value, operation_name, operation_extensions
+        ):
+            return await alone(context_value)
+        assert query is not None
+        key = self.shared.key(context_value, query, operation_name, variable_values)
+        if key is None:
+            return await alone(context_value)
+        return self.shared.join(key, context_value, alone)
+
+    def _shareable(
+        self,
+        query: str | None,
+        variables: dict[str, Any] | None,
+        context: Any,
+        root_value: Any,
+        operation_name: str | None,
+        operation_extensions: dict[str, Any] | None,
+    ) -> bool:
+        """A valid "from now on" subscription within the limits, of a plain context and nothing request-specific."""
+        if not query or not isinstance(context, GraphQLContext) or root_value is not None or operation_extensions:
+            return False
+        prepared = self.preparer.prepare(query)
+        if prepared.errors or prepared.document is None:
+            return False
+        plan = prepared.plan(self._schema, operation_name)
+        if plan is None or plan.operation.operation is not NodeOperationType.SUBSCRIPTION or check(plan, variables):
+            return False
+        return not self.shared.replays(query, operation_name, prepared.document, plan.operation, variables)
 
     def _compiled(self, prepared: Prepared, operation: OperationDefinitionNode) -> CompiledQuery | None:
         entry = OPERATIONS.get(operation, lambda: _fragments(prepared.document))

@@ -40,6 +40,7 @@ async def _entries(
     async with await updates.subscribe(core, user, since) as subscription:
         async for entry in subscription:
             if (commands is None or entry.command in commands) and (mailbox is None or entry.mailbox == mailbox):
+                info.context.position = entry.id
                 yield entry
 
 

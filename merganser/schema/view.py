@@ -70,10 +70,12 @@ class WebSocketAdapter(AiohttpWebSocketAdapter):
     """Text frames of JSON; a client that does not take a frame in time is disconnected."""
 
     async def send_json(self, message: Mapping[str, object]) -> None:
+        """``asyncio.timeout`` rather than ``wait_for``, which makes a task of every frame's send."""
         view = self.view
         assert isinstance(view, MerganserGraphQLView)
         try:
-            await asyncio.wait_for(self.ws.send_str(orjson.dumps(message).decode()), timeout=view.send_timeout)
+            async with asyncio.timeout(view.send_timeout):
+                await self.ws.send_str(orjson.dumps(message).decode())
         except TimeoutError:
             # A client that takes no frames would not take a close frame either: drop the connection.
             if self.request.transport is not None:

@@ -380,9 +380,10 @@ async def test_a_broken_client_does_not_disturb_others(api, graphql: Gql, accoun
         broken = await api.ws_connect("/graphql", protocols=[TRANSPORT_WS])
         await broken.send_json({"type": "connection_init"})
         await raw_messages(broken, 1)
-        await broken.send_json(
-            {"type": "subscribe", "id": "1", "payload": {"query": UPDATES, "variables": {"u": user_id}}}
-        )
+        # A query of its own, so that it does not share the healthy one's execution.
+        query = "subscription($u: ID!) { messageAdded(user: $u) { uid } }"
+        payload = {"query": query, "variables": {"u": user_id}}
+        await broken.send_json({"type": "subscribe", "id": "1", "payload": payload})
         await subscribed(api, 2)
         # The broken client vanishes without closing its socket.
         transport = broken._response.connection.transport
