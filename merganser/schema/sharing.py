@@ -19,16 +19,25 @@ every member, after the results already queued for it.
 A subscription with ``since`` replays the journal from that id, which members
 joining later would miss, so it never shares: only "from now on" subscriptions
 do, and a member receives the entries committed after it joined.
+
+Waking each member's task for every result, only for it to wrap the data and
+send it, was most of what a wide fan-out cost. So a member whose front end
+set a ``DirectSink`` (a WebSocket operation does, see ``view``) is handed
+plain data results straight away while it is parked with nothing queued: the
+frame is built once per distinct sink key (protocol and operation id) and
+written as it is. A sink that cannot take it at once (its socket is behind)
+says so, and the result takes the queue like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Mapping
 from contextlib import aclosing
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from graphql import ArgumentNode, DocumentNode, GraphQLError, NullValueNode, OperationDefinitionNode, VariableNode
@@ -44,6 +53,27 @@ SINCE = "since"
 
 Results = AsyncGenerator[ExecutionResult, None]
 Execute = Callable[[GraphQLContext], Awaitable[Results]]
+
+
+class DirectSink(Protocol):
+    """Where one member's plain data results can be written without waking its task."""
+
+    @property
+    def key(self) -> Hashable:
+        """Sinks with equal keys take byte-identical frames for the same data."""
+        ...
+
+    def frame(self, data: orjson.Fragment) -> bytes:
+        """The bytes that carry ``data`` to this sink's client."""
+        ...
+
+    def write(self, frame: bytes) -> bool:
+        """Write ``frame`` now if the client can take it; False leaves it to the queue."""
+        ...
+
+
+DIRECT_SINK: ContextVar[DirectSink | None] = ContextVar("merganser_direct_sink", default=None)
+"""Set by a front end in the task that iterates a subscription's results."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +122,10 @@ def _replay(document: DocumentNode, operation: OperationDefinitionNode) -> _Repl
 class _Member:
     """One client of an upstream: the results waiting for it, and how far it got."""
 
-    __slots__ = ("dropped", "handed", "overflow", "queue", "waiter")
+    __slots__ = ("dropped", "handed", "overflow", "queue", "sink", "waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, sink: DirectSink | None) -> None:
+        self.sink = sink
         self.queue: deque[tuple[ExecutionResult, int | None]] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.dropped = False
@@ -136,8 +167,19 @@ class _Upstream:
             self._end()
 
     def _distribute(self, result: ExecutionResult, position: int | None) -> None:
+        data = result.data if _plain(result) else None
+        frames: dict[Hashable, bytes] = {}
         dropped = []
         for member in self.members:
+            sink = member.sink
+            if data is not None and sink is not None and member.waiter is not None and not member.queue:
+                frame = frames.get(sink.key)
+                if frame is None:
+                    frame = frames[sink.key] = sink.frame(data)
+                if sink.write(frame):
+                    if position is not None:
+                        member.handed = position
+                    continue
             if len(member.queue) >= self.limit:
                 member.dropped = True
                 member.overflow = position
@@ -161,6 +203,16 @@ class _Upstream:
             self.registry._forget(self)
             if self.task is not None:
                 self.task.cancel()
+
+
+def _plain(result: ExecutionResult) -> bool:
+    """A result that is only data, already encoded: what a direct sink can carry."""
+    return (
+        type(result) is ExecutionResult
+        and not result.errors
+        and not result.extensions
+        and isinstance(result.data, orjson.Fragment)
+    )
 
 
 def _encoded(result: ExecutionResult) -> ExecutionResult:
@@ -218,7 +270,7 @@ class SharedSubscriptions:
         if upstream is None:
             upstream = self._upstreams[key] = _Upstream(self, key, GraphQLContext(context.core, None, cache=False))
             upstream.start(execute)
-        member = _Member()
+        member = _Member(DIRECT_SINK.get())
         upstream.members.add(member)
         try:
             while True:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import struct
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -35,7 +36,7 @@ from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLRequestData
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler, Operation
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -46,6 +47,7 @@ from merganser.resolvers.context import Core
 from merganser.rest_compat.http import CORE, checks_own_token, given_token
 from merganser.schema.context import GraphQLContext
 from merganser.schema.root import schema
+from merganser.schema.sharing import DIRECT_SINK
 
 PATH = "/graphql"
 STATIC = Path(__file__).parent / "static"
@@ -59,6 +61,9 @@ MAX_OPERATIONS_PER_CONNECTION = 50
 CONNECTION_INIT_TIMEOUT = timedelta(seconds=30)
 HTTP_CODES = {405: "MethodNotAllowed", 413: "PayloadTooLarge"}
 HTTP_OPERATIONS = {"GET": {OperationType.QUERY}, "POST": {OperationType.QUERY, OperationType.MUTATION}}
+DIRECT_WRITE_LIMIT = 64 * 1024
+"""Bytes a socket may have waiting before results go through the operation's task (and its send timeout)."""
+TEXT_FRAME = 0x81
 
 
 def error_response(status: int, message: str, code: str) -> web.Response:
@@ -83,6 +88,52 @@ class WebSocketAdapter(AiohttpWebSocketAdapter):
             raise WebSocketDisconnected from None
         except (RuntimeError, ConnectionError) as error:
             raise WebSocketDisconnected from error
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """One final, unmasked, uncompressed text frame (RFC 6455, section 5.2), as a server sends it."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", TEXT_FRAME, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", TEXT_FRAME, 126, length)
+    else:
+        header = struct.pack("!BBQ", TEXT_FRAME, 127, length)
+    return header + payload
+
+
+class OperationSink:
+    """Writes a shared subscription's results for one operation straight to its WebSocket.
+
+    The frame holds what Strawberry's handler would send for a data-only
+    result (``next`` or, in the legacy protocol, ``data``), so clients cannot
+    tell the two paths apart. It only writes while the operation is still
+    live and the socket keeps up; otherwise the result goes the usual way.
+    """
+
+    __slots__ = ("_adapter", "_live", "key")
+
+    def __init__(self, adapter: WebSocketAdapter, kind: str, operation_id: str, live: Callable[[], bool]) -> None:
+        self._adapter = adapter
+        self._live = live
+        self.key = (kind, operation_id)
+
+    def frame(self, data: orjson.Fragment) -> bytes:
+        kind, operation_id = self.key
+        return _text_frame(orjson.dumps({"id": operation_id, "type": kind, "payload": {"data": data}}))
+
+    def write(self, frame: bytes) -> bool:
+        transport = self._adapter.request.transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or self._adapter.ws.closed
+            or transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT
+            or not self._live()
+        ):
+            return False
+        transport.write(frame)
+        return True
 
 
 def _invalid_operation(message: Mapping[str, Any], with_payload: bool) -> str | None:
@@ -115,6 +166,15 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
                 return
         await super().handle_message(message)
 
+    async def run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
+        """The operation's own task: results of a shared subscription may be written for it directly."""
+        assert isinstance(self.websocket, WebSocketAdapter)
+        DIRECT_SINK.set(OperationSink(self.websocket, "next", operation.id, lambda: self._live(operation)))
+        await super().run_operation(operation)
+
+    def _live(self, operation: Operation[GraphQLContext, None]) -> bool:
+        return not operation.completed and self.operations.get(operation.id) is operation
+
     async def send_message(self, message: Any) -> None:
         """A client that went away ends its operations through the connection's shutdown, not here."""
         with contextlib.suppress(WebSocketDisconnected):
@@ -134,6 +194,17 @@ class LegacyWSHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
                 await self.websocket.close(code=4400, reason=problem)
                 return
         await super().handle_message(message)
+
+    async def handle_async_results(
+        self, operation_id: str, query: str, operation_name: str | None, variables: dict[str, object] | None
+    ) -> None:
+        """The operation's own task: results of a shared subscription may be written for it directly."""
+        assert isinstance(self.websocket, WebSocketAdapter)
+        task = asyncio.current_task()
+        DIRECT_SINK.set(
+            OperationSink(self.websocket, "data", operation_id, lambda: self.tasks.get(operation_id) is task)
+        )
+        await super().handle_async_results(operation_id, query, operation_name, variables)
 
     async def send_message(self, message: Any) -> None:
         with contextlib.suppress(WebSocketDisconnected):
@@ -216,9 +287,16 @@ class MerganserGraphQLView(GraphQLView[GraphQLContext, None]):
         return request.headers.get("Upgrade", "").lower() == "websocket" and super().is_websocket_request(request)
 
     async def create_websocket_response(self, request: web.Request, subprotocol: str | None) -> web.WebSocketResponse:
-        """Pings find clients that vanished without closing."""
+        """Pings find clients that vanished without closing.
+
+        No per-message compression: frames are small JSON, and a compressor
+        per connection would cost CPU on every frame of a fan-out, and memory
+        on every idle subscriber, for little gain.
+        """
         ws = web.WebSocketResponse(
-            protocols=[subprotocol] if subprotocol else [], heartbeat=self.core.settings.heartbeat_interval
+            protocols=[subprotocol] if subprotocol else [],
+            heartbeat=self.core.settings.heartbeat_interval,
+            compress=False,
         )
         await ws.prepare(request)
         return ws

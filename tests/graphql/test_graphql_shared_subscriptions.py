@@ -18,7 +18,7 @@ from helpers import deliver_ok, simple_message
 
 import merganser.schema.subscriptions
 from merganser.schema.root import schema
-from merganser.schema.view import WebSocketAdapter
+from merganser.schema.view import OperationSink, WebSocketAdapter
 
 USER = "shared@example.com"
 TRANSPORT_WS = "graphql-transport-ws"
@@ -80,6 +80,15 @@ async def settled(api: Any, members: int, upstreams: int) -> None:
     await wait_for(lambda: schema.shared.member_count == members and hub.subscriber_count == upstreams, TIMEOUT)
 
 
+async def burst(api: Any, client: Client, count: int, label: str) -> list[dict[str, Any]]:
+    """Deliver ``count`` messages to a new user; the events ``client`` gets for them, uids 1, 2… in order."""
+    for number in range(count):
+        await deliver_ok(api, USER, simple_message(f"{label} {number}"))
+    events = await client.events(count)
+    assert [event["uid"] for event in events] == list(range(1, count + 1))
+    return events
+
+
 @pytest.fixture
 async def account(graphql: Gql) -> tuple[str, dict[str, str]]:
     user = await create_user(graphql, address=USER)
@@ -96,6 +105,15 @@ async def test_identical_subscribers_share_one_execution(api, account, monkeypat
         return from_entry(entry)
 
     monkeypatch.setattr(merganser.schema.subscriptions.UpdateEvent, "from_entry", counted)
+    queued: list[object] = []
+    send_json = WebSocketAdapter.send_json
+
+    async def watched(self: WebSocketAdapter, message: Mapping[str, object]) -> None:
+        if message.get("type") in ("next", "data"):
+            queued.append(message)
+        await send_json(self, message)
+
+    monkeypatch.setattr(WebSocketAdapter, "send_json", watched)
     protocols = [TRANSPORT_WS, LEGACY_WS] * 3
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(connect(api, WATCH, {"u": user_id}, p)) for p in protocols]
@@ -108,6 +126,8 @@ async def test_identical_subscribers_share_one_execution(api, account, monkeypat
         assert sorted(event["id"] for event in received[0]) == [event["id"] for event in received[0]]
         # One execution per event, however many clients.
         assert built == [event["id"] for event in received[0]]
+        # Parked clients with sockets that keep up get their frames written directly, not through their tasks.
+        assert queued == []
         for client in clients:
             await client.nothing_more(0.1)
     await settled(api, members=0, upstreams=0)
@@ -125,17 +145,20 @@ async def test_a_slow_member_is_dropped_alone(make_api, monkeypatch):
             await gate.wait()
         await send_json(self, message)
 
+    write = OperationSink.write
+
+    def behind(self: OperationSink, frame: bytes) -> bool:
+        return self.key[1] != "slow" and write(self, frame)
+
     monkeypatch.setattr(WebSocketAdapter, "send_json", held)
+    monkeypatch.setattr(OperationSink, "write", behind)
     async with (
         connect(api, WATCH, {"u": user_id}) as first,
         connect(api, WATCH, {"u": user_id}, operation_id="slow") as slow,
         connect(api, WATCH, {"u": user_id}, LEGACY_WS) as second,
     ):
         await settled(api, members=3, upstreams=1)
-        for number in range(5):
-            await deliver_ok(api, USER, simple_message(f"Burst {number}"))
-        fast = await first.events(5)
-        assert [event["uid"] for event in fast] == [1, 2, 3, 4, 5]
+        fast = await burst(api, first, 5, "Burst")
         assert await second.events(5) == fast
         # The slow one is no member any more; the others still are.
         await settled(api, members=2, upstreams=1)
@@ -151,6 +174,31 @@ async def test_a_slow_member_is_dropped_alone(make_api, monkeypatch):
         assert (await first.event())["uid"] == 6
         assert (await second.event())["uid"] == 6
     await settled(api, members=0, upstreams=0)
+
+
+async def test_a_member_behind_takes_its_queue_then_direct_writes_in_order(api, account, monkeypatch):
+    """Results a socket could not take at once go through the task; later ones never overtake them."""
+    user_id, _ = account
+    refusals = 2
+    write = OperationSink.write
+
+    def behind_at_first(self: OperationSink, frame: bytes) -> bool:
+        nonlocal refusals
+        if self.key[1] == "lagging" and refusals:
+            refusals -= 1
+            return False
+        return write(self, frame)
+
+    monkeypatch.setattr(OperationSink, "write", behind_at_first)
+    async with (
+        connect(api, WATCH, {"u": user_id}) as steady,
+        connect(api, WATCH, {"u": user_id}, LEGACY_WS, operation_id="lagging") as lagging,
+    ):
+        await settled(api, members=2, upstreams=1)
+        expected = await burst(api, steady, 5, "Mixed")
+        assert await lagging.events(5) == expected
+        assert refusals == 0
+        await lagging.nothing_more(0.1)
 
 
 async def test_members_leave_one_by_one(api, account):
