@@ -94,10 +94,14 @@ class Empty(Input):
     """For requests that take no parameters: anything sent is refused."""
 
 
+MAX_PAGE_SIZE = 250
+DEFAULT_PAGE_SIZE = 20
+
+
 class Paging(Input):
     """The listing parameters shared by every paged listing."""
 
-    limit: Annotated[int, Field(ge=1, le=250)] = 20
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE
     page: Annotated[int, Field(ge=1, le=2**31)] = 1
     next: Annotated[str, Field(max_length=512)] | None = None
     previous: Annotated[str, Field(max_length=512)] | None = None

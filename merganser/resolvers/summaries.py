@@ -1,7 +1,7 @@
-"""What listings show of a stored message, derived from its summary and flags.
+"""How front ends show stored values: times, and a message's date and flags.
 
-Every front end shows a message's date and flag states the same way; the
-rules for that live here rather than in each of them.
+Every front end shows these the same way; the rules for that live here
+rather than in each of them.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from datetime import datetime
 
 from merganser.resolvers.messages import FLAGS
 from merganser.storage.base import Message
+
+
+def timestamp(value: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds (``2017-07-24T17:23:59.041Z``), as the reference shows dates."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 def sent_date(message: Message) -> datetime:

@@ -7,7 +7,8 @@ from typing import Any
 from aiohttp import web
 
 from merganser.resolvers import addresses
-from merganser.rest_compat.http import core_of, json_input, json_response, ok, page_links, query_input, timestamp
+from merganser.resolvers.summaries import timestamp
+from merganser.rest_compat.http import core_of, json_input, json_response, ok, page_links, query_input
 
 
 def _view(view: addresses.AddressView) -> dict[str, Any]:

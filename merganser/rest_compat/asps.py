@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from merganser.resolvers import asps
-from merganser.rest_compat.http import core_of, json_input, ok, query_input, timestamp
+from merganser.resolvers.summaries import timestamp
+from merganser.rest_compat.http import core_of, json_input, ok, query_input
 
 
 async def list_asps(request: web.Request) -> web.Response:

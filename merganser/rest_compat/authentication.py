@@ -8,7 +8,8 @@ from aiohttp import web
 
 from merganser.resolvers import auth
 from merganser.resolvers.inputs import Paging
-from merganser.rest_compat.http import core_of, json_input, ok, page_links, query_input, timestamp
+from merganser.resolvers.summaries import timestamp
+from merganser.rest_compat.http import core_of, json_input, ok, page_links, query_input
 from merganser.storage.base import AuthLogEntry
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -75,11 +74,6 @@ def error_response(status: int, message: str, code: str, headers: Mapping[str, s
     if headers:
         response.headers.update(headers)
     return response
-
-
-def timestamp(value: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds, as the reference shows dates."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 def core_of(request: web.Request) -> Core:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from merganser.resolvers import messages
 from merganser.resolvers.parsing import AttachmentInfo
-from merganser.resolvers.summaries import flag_states, sent_date
+from merganser.resolvers.summaries import flag_states, sent_date, timestamp
 from merganser.rest_compat.http import (
     body,
     core_of,
@@ -19,7 +19,6 @@ from merganser.rest_compat.http import (
     page_links,
     query_input,
     read_limited,
-    timestamp,
 )
 from merganser.storage.base import Message
 

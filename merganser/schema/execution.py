@@ -57,6 +57,7 @@ from graphql import (
     VariableNode,
     execute,
     is_leaf_type,
+    located_error,
 )
 from graphql import (
     ExecutionResult as GraphQLExecutionResult,
@@ -73,6 +74,7 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext, Stre
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from merganser.errors import MerganserError
 from merganser.schema.context import GraphQLContext
 from merganser.schema.errors import present, present_all
 from merganser.schema.limits import Prepared, Preparer, check
@@ -386,6 +388,8 @@ class _Root:
     resolver: Callable[..., Any]
     arguments: tuple[_Argument, ...]
     complete: Complete
+    nodes: tuple[FieldNode, ...]
+    nullable: bool
 
 
 class _RootInfo:
@@ -470,10 +474,18 @@ class CompiledQuery:
                 if literal is UNSURE:
                     return None
                 arguments.append(_Argument(python_names[graphql_name], check, nullable, literal))
-        return _Root(name, field.base_resolver, tuple(arguments), complete)
+        nullable = not isinstance(definition.type, GraphQLNonNull)
+        return _Root(name, field.base_resolver, tuple(arguments), complete, tuple(nodes), nullable)
 
     async def run(self, context: Any, variables: Mapping[str, Any] | None) -> ExecutionResult | None:
-        """The result, or None where graphql-core must run the query instead."""
+        """The result, or None where graphql-core must run the query instead.
+
+        The core's refusal of the only root field (an unknown user, say) is
+        answered here as graphql-core would answer it, rather than by running
+        the resolver a second time there. With several root fields,
+        graphql-core runs the others concurrently and may report their errors
+        too, so that case still goes back to it.
+        """
         values = variables or {}
         info = _RootInfo(context)
         data: dict[str, Any] = {}
@@ -486,8 +498,14 @@ class CompiledQuery:
                 if value is not Undefined:
                     kwargs[argument.python_name] = value
             try:
-                result = await root.resolver(None, info, **kwargs)
-                data[root.response_name] = root.complete(result)
+                data[root.response_name] = root.complete(await root.resolver(None, info, **kwargs))
+            except MerganserError as error:
+                if len(self.roots) > 1:
+                    return None
+                refusal = located_error(error, list(root.nodes), [root.response_name])
+                return ExecutionResult(
+                    data={root.response_name: None} if root.nullable else None, errors=present_all([refusal])
+                )
             except Exception:
                 return None
         return ExecutionResult(data=data, errors=None)

@@ -6,7 +6,7 @@ is measured against three limits, each refused with its own GraphQL error:
 
 * depth: fields nested more than MAX_DEPTH levels (``QueryTooDeep``);
   introspection is left to graphql-core's rule for its depth;
-* page size: a ``first`` below 1 or above MAX_FIRST, REST's largest page
+* page size: a ``first`` below 1 or above MAX_PAGE_SIZE, REST's largest page
   (``PageTooLarge`` above, ``InputValidationError`` below);
 * cost: every field costs 1 (reading a message's source costs more), times the
   number of items its list may hold: ``first`` for a connection, LIST_ESTIMATE
@@ -57,8 +57,9 @@ from graphql.type.introspection import SchemaMetaFieldDef, TypeMetaFieldDef
 from graphql.utilities import get_operation_ast
 from strawberry.schema.schema import validate_document
 
+from merganser.resolvers.inputs import MAX_PAGE_SIZE
+
 MAX_DEPTH = 12
-MAX_FIRST = 250
 MAX_COST = 25_000
 LIST_ESTIMATE = 10
 # Fields that read and parse a message's source, rather than copy stored values.
@@ -205,9 +206,9 @@ def _page_size(cost: Cost, variables: Mapping[str, Any], errors: list[GraphQLErr
     if not isinstance(value, int) or isinstance(value, bool):
         # A variable of the wrong type: execution refuses it with a clear error of its own.
         return cost.first_default
-    if not 1 <= value <= MAX_FIRST:
-        code = "PageTooLarge" if value > MAX_FIRST else "InputValidationError"
-        errors.append(_limit_error(f"first must be between 1 and {MAX_FIRST} (got {value})", code, [cost.node]))
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        code = "PageTooLarge" if value > MAX_PAGE_SIZE else "InputValidationError"
+        errors.append(_limit_error(f"first must be between 1 and {MAX_PAGE_SIZE} (got {value})", code, [cost.node]))
         return 0
     return value
 

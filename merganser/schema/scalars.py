@@ -16,6 +16,8 @@ from typing import Any, NewType
 import strawberry
 from graphql import GraphQLError, IntValueNode, StringValueNode, ValueNode
 
+from merganser.resolvers.summaries import timestamp
+
 Long = NewType("Long", int)
 DateTime = NewType("DateTime", datetime)
 DateTimeInput = NewType("DateTimeInput", object)
@@ -34,11 +36,6 @@ def _long_literal(node: ValueNode, _variables: dict[str, Any] | None = None) -> 
     if isinstance(node, IntValueNode):
         return _long(int(node.value))
     raise GraphQLError("Long cannot represent a non-integer value")
-
-
-def _timestamp(value: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds (``2017-07-24T17:23:59.041Z``)."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 def _date_input(value: Any) -> str | int:
@@ -65,7 +62,7 @@ _LONG = strawberry.scalar(
 _DATE_TIME = strawberry.scalar(
     name="DateTime",
     description="A date: ISO 8601 in UTC with milliseconds. Input also accepts a timestamp in milliseconds.",
-    serialize=_timestamp,
+    serialize=timestamp,
     parse_value=_date_input,
     parse_literal=_date_literal,
 )

@@ -22,9 +22,9 @@ import strawberry
 from strawberry import ID, Private
 
 from merganser.errors import NotFoundError
-from merganser.resolvers import addresses, asps, auth, mailboxes, messages
+from merganser.resolvers import addresses, asps, auth, mailboxes, messages, updates
 from merganser.resolvers.addresses import AddressView
-from merganser.resolvers.inputs import Paging
+from merganser.resolvers.inputs import DEFAULT_PAGE_SIZE, Paging
 from merganser.resolvers.messages import ListMessages
 from merganser.resolvers.paging import PageResult
 from merganser.resolvers.parsing import AttachmentInfo
@@ -42,8 +42,6 @@ from merganser.storage.base import User as UserRecord
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-DEFAULT_PAGE = 20
 
 
 # Connections
@@ -171,7 +169,7 @@ class User:
 
     @strawberry.field(description="Authentication and security events, newest first.")
     async def authlog(
-        self, info: Info, first: int = DEFAULT_PAGE, after: str | None = None
+        self, info: Info, first: int = DEFAULT_PAGE_SIZE, after: str | None = None
     ) -> Connection[AuthLogEntry]:
         page = await auth.list_authlog(info.context.core, self.id, page_input(Paging, first, after))
         return connection(page, AuthLogEntry.from_record)
@@ -180,7 +178,12 @@ class User:
         description="Messages containing every word of `query`, newest first; Trash and Junk only when named."
     )
     async def search(
-        self, info: Info, query: str, mailbox: ID | None = None, first: int = DEFAULT_PAGE, after: str | None = None
+        self,
+        info: Info,
+        query: str,
+        mailbox: ID | None = None,
+        first: int = DEFAULT_PAGE_SIZE,
+        after: str | None = None,
     ) -> Connection[Message]:
         data = page_input(messages.SearchMessages, first, after, query=query, mailbox=mailbox)
         return connection(await messages.search(info.context.core, self.id, data), Message.from_record)
@@ -331,7 +334,11 @@ class Mailbox:
 
     @strawberry.field(description="The mailbox's messages by UID, newest first unless `order` says otherwise.")
     async def messages(
-        self, info: Info, first: int = DEFAULT_PAGE, after: str | None = None, order: MessageOrder = MessageOrder.DESC
+        self,
+        info: Info,
+        first: int = DEFAULT_PAGE_SIZE,
+        after: str | None = None,
+        order: MessageOrder = MessageOrder.DESC,
     ) -> Connection[Message]:
         data = page_input(ListMessages, first, after, order=order.value)
         page = await info.context.loaders.message_pages.load((self.user_id, self.id, data))
@@ -461,14 +468,10 @@ class Thread:
 # Live updates
 
 
-@strawberry.enum(description="What a journal entry records.")
-class UpdateCommand(Enum):
-    EXISTS = "EXISTS"
-    FETCH = "FETCH"
-    EXPUNGE = "EXPUNGE"
-    CREATE = "CREATE"
-    RENAME = "RENAME"
-    DELETE = "DELETE"
+UpdateCommand = strawberry.enum(
+    Enum("UpdateCommand", {command: command for command in updates.COMMANDS}),
+    description="What a journal entry records.",
+)
 
 
 @strawberry.type(description="One entry of a user's journal: a change to a mailbox or a message.")

@@ -108,3 +108,24 @@ def test_which_queries_are_compiled():
     assert not compiled(QUERIES[6][0])  # mailboxes have resolvers
     assert not compiled(QUERIES[18][0])  # __typename at the root
     assert not compiled('mutation { deleteUser(id: "' + UNKNOWN + '") }')
+
+
+async def test_a_refused_compiled_query_runs_its_resolver_once(api, monkeypatch):
+    """The core's refusal is answered on the compiled path, not by running the query again in graphql-core."""
+    query = '{ user(id: "' + UNKNOWN + '") { id username } }'
+    assert compiled(query)
+    storage = core(api).storage
+    get_user = storage.get_user
+    looked_up: list[str] = []
+
+    async def counted(user_id: str) -> Any:
+        looked_up.append(user_id)
+        return await get_user(user_id)
+
+    monkeypatch.setattr(storage, "get_user", counted)
+    result = await schema.execute(query, None, GraphQLContext(core(api), "127.0.0.1"))
+    assert result.data is None
+    assert [(error.message, error.path, error.extensions) for error in result.errors or ()] == [
+        ("This user does not exist", ["user"], {"code": "UserNotFound"})
+    ]
+    assert looked_up == [UNKNOWN]

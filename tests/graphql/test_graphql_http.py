@@ -18,6 +18,7 @@ from gqlhelpers import Gql, create_user, open_graphql, post
 from graphql import get_introspection_query
 
 import merganser.resolvers.lookup
+from merganser.resolvers.inputs import MAX_PAGE_SIZE
 from merganser.schema import limits
 
 STATIC = Path(merganser.__file__).parent / "schema" / "static"
@@ -131,13 +132,13 @@ async def test_depth_counts_through_fragments(graphql: Gql):
 
 
 async def test_page_size_cap(graphql: Gql):
-    over = limits.MAX_FIRST + 1
+    over = MAX_PAGE_SIZE + 1
     error = await graphql.error(f"{{ users(first: {over}) {{ totalCount }} }}", "PageTooLarge")
-    assert error["message"] == f"first must be between 1 and {limits.MAX_FIRST} (got {over})"
+    assert error["message"] == f"first must be between 1 and {MAX_PAGE_SIZE} (got {over})"
     await graphql.error("query($n: Int!) { users(first: $n) { totalCount } }", "PageTooLarge", n=over)
     await graphql.error("query($n: Int = 1000) { users(first: $n) { totalCount } }", "PageTooLarge")
     await graphql.error("{ addresses(first: 0) { totalCount } }", "InputValidationError")
-    assert (await graphql.data(f"{{ users(first: {limits.MAX_FIRST}) {{ totalCount }} }}"))["users"]["totalCount"] == 0
+    assert (await graphql.data(f"{{ users(first: {MAX_PAGE_SIZE}) {{ totalCount }} }}"))["users"]["totalCount"] == 0
 
 
 async def test_cost_limit(graphql: Gql):
