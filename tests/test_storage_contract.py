@@ -1830,6 +1830,96 @@ async def test_concurrent_mailbox_creation_gets_distinct_journal_ids(storage: St
     assert len(await storage.list_mailboxes(user.id)) == 24
 
 
+# Several records at once
+
+
+async def test_addresses_and_asps_of_users_read_like_single_users(storage: Storage) -> None:
+    user, main, _ = await new_user(storage, "rosa")
+    other, other_main, _ = await new_user(storage, "sam")
+    # Stored in reverse id order, so that ordering by id is not ordering by insertion.
+    aliases = [make_address(user, f"rosa{n}@example.org") for n in range(3)]
+    asps = [make_asp(user, f"device {n}") for n in range(3)]
+    for address, asp in zip(reversed(aliases), reversed(asps), strict=True):
+        await storage.add_address(address)
+        await storage.add_asp(asp)
+    wanted = [user.id, other.id, oid(), user.id]
+
+    addresses = await storage.addresses_of_users(wanted)
+    assert addresses == {user.id: [main, *aliases], other.id: [other_main]}
+    assert addresses[user.id] == await storage.list_user_addresses(user.id)
+    found = await storage.asps_of_users(wanted)
+    assert found == {user.id: asps}
+    assert found[user.id] == await storage.list_asps(user.id)
+    assert await storage.addresses_of_users([]) == {}
+    assert await storage.asps_of_users([]) == {}
+
+
+async def test_batch_reads_of_more_users_than_one_query_takes(storage: Storage) -> None:
+    """Hundreds of ids, a user named in two far-apart places: each user comes back once."""
+    user, main, (inbox, *_) = await new_user(storage, "tara")
+    other, other_main, (_, their_junk, *_) = await new_user(storage, "uma")
+    asp = make_asp(other)
+    await storage.add_asp(asp)
+    await add(storage, inbox, flags=["\\Seen"])
+    await add(storage, their_junk)
+    wanted = [user.id, *(oid() for _ in range(900)), other.id, user.id]
+
+    assert await storage.get_users(wanted) == {
+        user.id: await storage.get_user(user.id),
+        other.id: await storage.get_user(other.id),
+    }
+    assert await storage.addresses_of_users(wanted) == {user.id: [main], other.id: [other_main]}
+    assert await storage.asps_of_users(wanted) == {other.id: [asp]}
+    assert await storage.mailboxes_of_users(wanted) == {
+        user.id: await storage.list_mailboxes(user.id),
+        other.id: await storage.list_mailboxes(other.id),
+    }
+    mailbox_ids = [inbox.id, *(oid() for _ in range(900)), their_junk.id]
+    counters = await storage.counters_of_mailboxes(mailbox_ids)
+    assert counters == {mailbox_id: MailboxCounters(0, 0) for mailbox_id in mailbox_ids} | {
+        inbox.id: MailboxCounters(1, 0),
+        their_junk.id: MailboxCounters(1, 1),
+    }
+    assert await storage.mailbox_counters(user.id, mailbox_ids) == counters | {their_junk.id: MailboxCounters(0, 0)}
+
+
+async def test_thread_messages(storage: Storage) -> None:
+    """The oldest messages of each thread of a user, across mailboxes, oldest first."""
+    user, _, (inbox, junk, *_) = await new_user(storage, "vera")
+    other, _, (their_inbox, *_) = await new_user(storage, "walt")
+    long, short, shared = oid(), oid(), oid()
+    long_thread = [await add(storage, (inbox, junk)[n % 2], thread=long) for n in range(5)]
+    short_thread = [await add(storage, junk, thread=short)]
+    mine = await add(storage, inbox, thread=shared)
+    theirs = await add(storage, their_inbox, thread=shared)
+    await add(storage, inbox)
+    threads = [(user.id, long), (user.id, short), (user.id, shared), (other.id, shared), (other.id, long)]
+
+    assert await storage.thread_messages([*threads, (user.id, oid())], limit=3) == {
+        (user.id, long): long_thread[:3],
+        (user.id, short): short_thread,
+        (user.id, shared): [mine],
+        (other.id, shared): [theirs],
+    }
+    assert await storage.thread_messages([(user.id, long)], limit=100) == {(user.id, long): long_thread}
+    assert await storage.thread_messages(threads, limit=0) == {}
+    assert await storage.thread_messages([], limit=3) == {}
+
+
+async def test_thread_messages_of_many_threads(storage: Storage) -> None:
+    """Dozens of threads asked for at once, some of them without messages."""
+    user, _, (inbox, *_) = await new_user(storage, "xena")
+    threads = [oid() for _ in range(20)]
+    stored = {thread: [await add(storage, inbox, thread=thread) for _ in range(2)] for thread in threads}
+    keys = [(user.id, thread) for thread in threads]
+    keys[10:10] = [(user.id, oid()) for _ in range(20)]
+
+    found = await storage.thread_messages(keys, limit=1)
+    assert found == {(user.id, thread): messages[:1] for thread, messages in stored.items()}
+    found = await storage.thread_messages(keys, limit=5)
+    assert found == {(user.id, thread): messages for thread, messages in stored.items()}
+
+
 # Restarts
 
 

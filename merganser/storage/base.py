@@ -492,6 +492,14 @@ class Storage(abc.ABC):
         """Every mailbox of each given user, ordered by path; a user with none has no entry."""
 
     @abc.abstractmethod
+    async def addresses_of_users(self, user_ids: list[str]) -> dict[str, list[Address]]:
+        """Each given user's addresses, in ``list_user_addresses`` order; a user with none has no entry."""
+
+    @abc.abstractmethod
+    async def asps_of_users(self, user_ids: list[str]) -> dict[str, list[ApplicationPassword]]:
+        """Each given user's application passwords, in ``list_asps`` order; a user with none has no entry."""
+
+    @abc.abstractmethod
     async def counters_of_mailboxes(self, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
         """Total and unseen counts of mailboxes of any users, by id; unknown ids count zero."""
 

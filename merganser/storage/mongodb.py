@@ -97,6 +97,7 @@ from merganser.storage.base import (
 
 Document = dict[str, Any]
 Record = TypeVar("Record", User, Address, ApplicationPassword, AuthLogEntry, Mailbox, Message)
+Owned = TypeVar("Owned", Address, ApplicationPassword, Mailbox)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -138,6 +139,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("user", ASCENDING), ("_id", ASCENDING)]),
         IndexModel([("user", ASCENDING), ("msgid", ASCENDING)]),
         IndexModel([("user", ASCENDING), ("subject_key", ASCENDING), ("idate", ASCENDING)]),
+        IndexModel([("user", ASCENDING), ("thread", ASCENDING), ("_id", ASCENDING)]),
         IndexModel("expires"),
         IndexModel([("user", ASCENDING), ("terms", ASCENDING)]),
     ],
@@ -246,6 +248,14 @@ def _contains(field: str, query: str | None) -> Document:
     return {field: {"$regex": re.escape(query.lower())}} if query else {}
 
 
+def _by_user(records: Iterable[Owned]) -> dict[str, list[Owned]]:
+    """Records grouped by their user, each group in the order the records came in."""
+    found: dict[str, list[Owned]] = {}
+    for record in records:
+        found.setdefault(record.user, []).append(record)
+    return found
+
+
 async def _each(items: Iterable[Item], work: Callable[[Item], Awaitable[Result]]) -> list[Result]:
     """``work`` for every item, BATCH at a time: many round trips in parallel without flooding the server."""
     pending = list(items)
@@ -294,11 +304,24 @@ R = TypeVar("R")
 def _announced(
     method: Callable[Concatenate[MongoStorage, P], Awaitable[R]],
 ) -> Callable[Concatenate[MongoStorage, P], Awaitable[R]]:
-    """Tell journal listeners when the whole operation is done.
+    """Tell journal listeners of the users this operation journaled for only once it is over.
 
     Without transactions an entry is stored before the change it describes
-    is complete (EXISTS before the message document), so announcing it at
-    once could send a listener to a message it cannot read yet.
+    is complete (EXISTS before the message document is inserted), so
+    announcing it at once would send a listener to a message it cannot read
+    yet. Held back, the announcement covers the common case of one writer
+    per user: a feed woken by this operation reads the journal after the
+    operation finished its change or took it back (a failed ``add_message``
+    journals EXPUNGE after its EXISTS). Listeners are told on failure too.
+
+    It does not hide the entries themselves: each is readable as soon as it
+    is stored. A feed that reads the journal while the operation is under
+    way, because a concurrent journaled change of the same user announced
+    itself or a wake came through the Redis relay, gets the entries early:
+    it may briefly see EXISTS for a message it cannot read yet, and then,
+    should the operation fail, EXPUNGE for it. A process that dies in
+    between leaves such an EXISTS unanswered. Front ends treat a message
+    they cannot read as not there.
     """
 
     @wraps(method)
@@ -1209,10 +1232,13 @@ class MongoStorage(Storage):
 
     async def mailboxes_of_users(self, user_ids: list[str]) -> dict[str, list[Mailbox]]:
         cursor = self._collection("mailboxes").find({"user": {"$in": user_ids}}).sort("path", ASCENDING)
-        found: dict[str, list[Mailbox]] = {}
-        for mailbox in await _each(await cursor.to_list(), self._mailbox):
-            found.setdefault(mailbox.user, []).append(mailbox)
-        return found
+        return _by_user(await _each(await cursor.to_list(), self._mailbox))
+
+    async def addresses_of_users(self, user_ids: list[str]) -> dict[str, list[Address]]:
+        return _by_user(await self._find("addresses", {"user": {"$in": user_ids}}, Address))
+
+    async def asps_of_users(self, user_ids: list[str]) -> dict[str, list[ApplicationPassword]]:
+        return _by_user(await self._find("asps", {"user": {"$in": user_ids}}, ApplicationPassword))
 
     async def counters_of_mailboxes(self, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
         """Counted like ``mailbox_counters``, for mailboxes of any users."""
@@ -1223,20 +1249,28 @@ class MongoStorage(Storage):
         return await _each(listings, lambda listing: self._message_page(*listing))
 
     async def thread_messages(self, threads: list[tuple[str, str]], limit: int) -> dict[tuple[str, str], list[Message]]:
-        wanted = set(threads)
-        if not wanted or limit <= 0:
-            return {}
-        match = {
-            "user": {"$in": sorted({user_id for user_id, _ in wanted})},
-            "thread": {"$in": sorted({thread_id for _, thread_id in wanted})},
+        """One query per thread, several at a time, each reading at most ``limit`` off the (user, thread, _id) index.
+
+        One query for all threads would fetch every message of a long thread,
+        and FerretDB v1 cannot limit per group. FerretDB v1 answers only
+        ``_id`` lookups from an index, so there each of these queries scans
+        the messages, as ``list_messages_of_mailboxes`` does per listing.
+        """
+        if limit <= 0:
+            return {}  # MongoDB reads a limit of 0 as no limit
+        messages = self._collection("messages")
+
+        async def oldest(key: tuple[str, str]) -> list[Document]:
+            user_id, thread_id = key
+            cursor = messages.find({"user": user_id, "thread": thread_id}, MESSAGE_PROJECTION)
+            return await cursor.sort("_id", ASCENDING).limit(limit).to_list()
+
+        wanted = list(dict.fromkeys(threads))
+        return {
+            key: [_record(Message, document) for document in documents]
+            for key, documents in zip(wanted, await _each(wanted, oldest), strict=True)
+            if documents
         }
-        cursor = self._collection("messages").find(match, MESSAGE_PROJECTION).sort("_id", ASCENDING)
-        found: dict[tuple[str, str], list[Message]] = {}
-        for document in await cursor.to_list():
-            key = (document["user"], document["thread"])
-            if key in wanted and len(found.setdefault(key, [])) < limit:
-                found[key].append(_record(Message, document))
-        return found
 
     async def delete_user(self, user_id: str) -> bool:
         """Addresses go first, so that no more mail is delivered, then the user document.

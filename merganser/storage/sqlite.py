@@ -191,6 +191,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (user, seq)
     ) WITHOUT ROWID;
     """,
+    # A thread's messages in id order (thread_messages), without reading the user's other messages.
+    """
+    CREATE INDEX messages_thread ON messages (user, thread, id);
+    """,
 )
 
 
@@ -560,23 +564,8 @@ class SQLiteStorage(Storage):
         """
         if total is None:
             ((total,),) = await self._read.execute_fetchall(count_sql or "", params)
-        backward = page.before is not None
-        edge = page.before if backward else page.after
-        ascending = page.descending == backward
-        op, order = (">", "ASC") if ascending else ("<", "DESC")
-        condition, values = "", list(params)
-        if edge is not None:
-            condition = f" AND {key} {op} ?"
-            values.append(edge)
-        rows = list(
-            await self._read.execute_fetchall(
-                f"{sql}{condition} ORDER BY {key} {order} LIMIT ?", [*values, page.limit + 1]
-            )
-        )
-        more = len(rows) > page.limit
-        rows = rows[: page.limit]
-        if backward:
-            rows.reverse()
+        clause, values, _ = _keyset(key, page)
+        rows, more = _trim(list(await self._read.execute_fetchall(f"{sql}{clause}", [*params, *values])), page)
         return rows, more, total
 
     async def _listing(
@@ -902,15 +891,17 @@ class SQLiteStorage(Storage):
         return await self._write(work)
 
     async def mailbox_counters(self, user_id: str, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
+        return await self._counters("user = ?", [user_id], mailbox_ids)
+
+    async def _counters(self, where: str, params: list[Any], mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
+        """The counts each mailbox row keeps, of the mailboxes that also match ``where``; others count zero."""
         counters = {mailbox_id: MailboxCounters() for mailbox_id in mailbox_ids}
-        if not mailbox_ids:
-            return counters
-        rows = await self._read.execute_fetchall(
-            f"SELECT id, total, unseen FROM mailboxes WHERE user = ? AND id IN ({', '.join('?' * len(mailbox_ids))})",
-            [user_id, *mailbox_ids],
-        )
-        for mailbox_id, total, unseen in rows:
-            counters[mailbox_id] = MailboxCounters(total, unseen)
+        for chunk in _chunks(mailbox_ids):
+            rows = await self._read.execute_fetchall(
+                f"SELECT id, total, unseen FROM mailboxes WHERE {where} AND id IN ({_marks(chunk)})", [*params, *chunk]
+            )
+            for mailbox_id, total, unseen in rows:
+                counters[mailbox_id] = MailboxCounters(total, unseen)
         return counters
 
     # Messages
@@ -1188,52 +1179,61 @@ class SQLiteStorage(Storage):
         )
         return [(row[0], row[1]) for row in rows]
 
-    # Several records at once
+    # Several records at once: through the reader, not on the event loop like
+    # ``_few``, as a batch may name hundreds of parents.
 
     async def get_users(self, user_ids: list[str]) -> dict[str, User]:
         found: dict[str, User] = {}
         for chunk in _chunks(user_ids):
-            rows = await self._few(f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({_marks(chunk)})", chunk)
+            rows = await self._read.execute_fetchall(
+                f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({_marks(chunk)})", chunk
+            )
             found.update((user.id, user) for user in map(_user, rows))
         return found
 
-    async def mailboxes_of_users(self, user_ids: list[str]) -> dict[str, list[Mailbox]]:
-        found: dict[str, list[Mailbox]] = {}
-        for chunk in _chunks(user_ids):
+    async def _of_users(
+        self, table: str, columns: str, order: str, user_ids: list[str], record: Callable[[sqlite3.Row], T]
+    ) -> dict[str, list[T]]:
+        """Each user's rows of ``table`` in ``order``, a chunk of users per query.
+
+        The ids are deduplicated first: a user named in two chunks would get its rows twice.
+        """
+        found: dict[str, list[T]] = {}
+        for chunk in _chunks(list(dict.fromkeys(user_ids))):
             rows = await self._read.execute_fetchall(
-                f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE user IN ({_marks(chunk)}) ORDER BY path", chunk
+                f"SELECT {columns} FROM {table} WHERE user IN ({_marks(chunk)}) ORDER BY {order}", chunk
             )
-            for mailbox in map(_mailbox, rows):
-                found.setdefault(mailbox.user, []).append(mailbox)
+            for row in rows:
+                found.setdefault(row["user"], []).append(record(row))
         return found
 
+    async def mailboxes_of_users(self, user_ids: list[str]) -> dict[str, list[Mailbox]]:
+        return await self._of_users("mailboxes", MAILBOX_COLUMNS, "path", user_ids, _mailbox)
+
+    async def addresses_of_users(self, user_ids: list[str]) -> dict[str, list[Address]]:
+        return await self._of_users("addresses", "*", "id", user_ids, _address)
+
+    async def asps_of_users(self, user_ids: list[str]) -> dict[str, list[ApplicationPassword]]:
+        return await self._of_users("asps", "*", "id", user_ids, _asp)
+
     async def counters_of_mailboxes(self, mailbox_ids: list[str]) -> dict[str, MailboxCounters]:
-        counters = {mailbox_id: MailboxCounters() for mailbox_id in mailbox_ids}
-        for chunk in _chunks(mailbox_ids):
-            rows = await self._read.execute_fetchall(
-                f"SELECT id, total, unseen FROM mailboxes WHERE id IN ({_marks(chunk)})", chunk
-            )
-            for mailbox_id, total, unseen in rows:
-                counters[mailbox_id] = MailboxCounters(total, unseen)
-        return counters
+        return await self._counters("1", [], mailbox_ids)
 
     async def list_messages_of_mailboxes(self, listings: list[tuple[str, str, PageQuery]]) -> list[Slice[Message]]:
         """One compound query per chunk of listings, each part using the (mailbox, uid) index like ``_page``."""
         rows_of: list[list[sqlite3.Row]] = [[] for _ in listings]
+        ascending = [True] * len(listings)
         totals: dict[tuple[str, str], int] = {}
         numbered = list(enumerate(listings))
         for chunk in _chunks(numbered, COMPOUND_PARTS):
             parts, params = [], []
             for number, (user_id, mailbox_id, page) in chunk:
-                backward = page.before is not None
-                edge = page.before if backward else page.after
-                op, order = (">", "ASC") if page.descending == backward else ("<", "DESC")
-                condition = f" AND uid {op} ?" if edge is not None else ""
+                clause, values, ascending[number] = _keyset("uid", page)
                 parts.append(
                     f"SELECT * FROM (SELECT {MESSAGE_COLUMNS}, ? AS listing FROM messages "
-                    f"WHERE mailbox = ? AND user = ?{condition} ORDER BY uid {order} LIMIT ?)"
+                    f"WHERE mailbox = ? AND user = ?{clause})"
                 )
-                params += [number, mailbox_id, user_id, *([edge] if edge is not None else []), page.limit + 1]
+                params += [number, mailbox_id, user_id, *values]
             for row in await self._read.execute_fetchall(" UNION ALL ".join(parts), params):
                 rows_of[row["listing"]].append(row)
         for chunk in _chunks(list({mailbox_id for _, mailbox_id, _ in listings})):
@@ -1242,20 +1242,22 @@ class SQLiteStorage(Storage):
             )
             totals.update(((user_id, mailbox_id), total) for user_id, mailbox_id, total in rows)
         pages = []
-        for (user_id, mailbox_id, page), rows in zip(listings, rows_of, strict=True):
+        for (user_id, mailbox_id, page), rows, read_ascending in zip(listings, rows_of, ascending, strict=True):
             # Each part is ordered, the compound of them need not keep that order.
-            rows.sort(key=lambda row: row["uid"], reverse=page.descending == (page.before is None))
-            more = len(rows) > page.limit
-            rows = rows[: page.limit]
-            if page.before is not None:
-                rows.reverse()
-            pages.append(Slice([_message(row) for row in rows], more, totals.get((user_id, mailbox_id), 0)))
+            rows.sort(key=lambda row: row["uid"], reverse=not read_ascending)
+            items, more = _trim(rows, page)
+            pages.append(Slice([_message(row) for row in items], more, totals.get((user_id, mailbox_id), 0)))
         return pages
 
     async def thread_messages(self, threads: list[tuple[str, str]], limit: int) -> dict[tuple[str, str], list[Message]]:
-        wanted = set(threads)
+        """A chunk of threads per query, on the (user, thread, id) index.
+
+        A query matches every pair of its users and threads; only its own
+        pairs are kept, as another chunk's pair it matches is read there too.
+        """
         found: dict[tuple[str, str], list[Message]] = {}
-        for chunk in _chunks(sorted(wanted)):
+        for chunk in _chunks(sorted(set(threads))):
+            wanted = set(chunk)
             users = sorted({user_id for user_id, _ in chunk})
             thread_ids = sorted({thread_id for _, thread_id in chunk})
             rows = await self._read.execute_fetchall(
@@ -1279,10 +1281,9 @@ class SQLiteStorage(Storage):
                 return False
             for table in ("addresses", "asps", "mailboxes", "journal", "authlog"):
                 db.execute(f"DELETE FROM {table} WHERE user = ?", [user_id])
-            rows = db.execute("DELETE FROM messages WHERE user = ? RETURNING seq", [user_id]).fetchall()
-            seqs = [(row[0],) for row in rows]
-            db.executemany("DELETE FROM message_sources WHERE seq = ?", seqs)
-            db.executemany("DELETE FROM message_search WHERE rowid = ?", seqs)
+            # _forget also gives the bytes back to the user's storage used, which with the user gone changes nothing.
+            rows = _fetchall(db, "DELETE FROM messages WHERE user = ? RETURNING seq, size", [user_id])
+            self._forget(db, user_id, rows)
             return True
 
         return await self._write(work)
@@ -1299,3 +1300,28 @@ def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
 
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
+
+
+def _keyset(key: str, page: PageQuery) -> tuple[str, list[Any], bool]:
+    """The key condition, order and limit that end a keyset page query, so that every paged read agrees.
+
+    Returns that clause (to append to a WHERE clause), its parameters and
+    whether it reads in ascending ``key`` order. A backward page is read
+    towards the start of the listing, from the item before ``page.before``;
+    one row more than the page is read so that ``_trim`` can tell whether
+    more follow.
+    """
+    backward = page.before is not None
+    edge = page.before if backward else page.after
+    ascending = page.descending == backward
+    op, order = (">", "ASC") if ascending else ("<", "DESC")
+    condition, values = ("", []) if edge is None else (f" AND {key} {op} ?", [edge])
+    return f"{condition} ORDER BY {key} {order} LIMIT ?", [*values, page.limit + 1], ascending
+
+
+def _trim(rows: list[T], page: PageQuery) -> tuple[list[T], bool]:
+    """Rows read as ``_keyset`` orders them cut to the page, in display order; and whether more follow."""
+    items = rows[: page.limit]
+    if page.before is not None:
+        items.reverse()
+    return items, len(rows) > page.limit
