@@ -12,15 +12,17 @@ and belong where they say; results come back in the order of the parents.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from merganser.errors import MerganserError
+from merganser.resolvers import messages
 from merganser.resolvers.addresses import AddressView, address_view
 from merganser.resolvers.context import Core
 from merganser.resolvers.mailboxes import display_order
-from merganser.resolvers.messages import ListMessages
-from merganser.resolvers.paging import PageResult, page_query, page_result
-from merganser.storage.base import Address, Mailbox, MailboxCounters, Message, PageQuery, User
+from merganser.resolvers.messages import ListMessages, MessageDetails, message_page, message_page_query
+from merganser.resolvers.paging import PageResult
+from merganser.storage.base import Address, ApplicationPassword, Mailbox, MailboxCounters, Message, PageQuery, User
 
 # A thread can grow long (a subject that recurs for weeks); what a thread
 # shows is bounded so one message cannot pull in thousands of others.
@@ -45,6 +47,18 @@ async def address_views(core: Core, addresses: Sequence[Address]) -> list[Addres
     ]
 
 
+async def user_addresses(core: Core, owners: Sequence[User]) -> list[list[AddressView]]:
+    """Each user's addresses with their main flag, in the order ``addresses.list_user_addresses`` gives."""
+    found = await core.storage.addresses_of_users(list(dict.fromkeys(user.id for user in owners)))
+    return [[address_view(address, user) for address in found.get(user.id, [])] for user in owners]
+
+
+async def user_asps(core: Core, user_ids: Sequence[str]) -> list[list[ApplicationPassword]]:
+    """Each user's application-specific passwords, in the order ``asps.list_asps`` gives."""
+    found = await core.storage.asps_of_users(list(dict.fromkeys(user_ids)))
+    return [found.get(user_id, []) for user_id in user_ids]
+
+
 async def mailboxes(core: Core, user_ids: Sequence[str]) -> list[list[Mailbox]]:
     """Each user's mailboxes, INBOX first as in a single user's listing."""
     found = await core.storage.mailboxes_of_users(list(dict.fromkeys(user_ids)))
@@ -55,11 +69,6 @@ async def counters(core: Core, mailbox_ids: Sequence[str]) -> list[MailboxCounte
     """Total and unseen counts of each mailbox."""
     found = await core.storage.counters_of_mailboxes(list(dict.fromkeys(mailbox_ids)))
     return [found[mailbox_id] for mailbox_id in mailbox_ids]
-
-
-def message_listing(mailbox_id: str) -> str:
-    """The name a mailbox's message listing gives its cursors (as ``messages.list_messages`` does)."""
-    return f"messages:{mailbox_id}"
 
 
 async def message_pages(
@@ -74,15 +83,13 @@ async def message_pages(
     errors: dict[int, MerganserError] = {}
     for number, (_, mailbox_id, data) in enumerate(listings):
         try:
-            queries[number] = page_query(data, message_listing(mailbox_id), data.order == "desc", numeric=True)
+            queries[number] = message_page_query(mailbox_id, data)
         except MerganserError as error:
             errors[number] = error
     requests = [(listings[number][0], listings[number][1], query) for number, query in queries.items()]
     found = dict(zip(queries, await core.storage.list_messages_of_mailboxes(requests), strict=True))
     return [
-        errors[number]
-        if number in errors
-        else page_result(message_listing(mailbox_id), data, queries[number], found[number], lambda item: item.uid)
+        errors[number] if number in errors else message_page(mailbox_id, data, queries[number], found[number])
         for number, (_, mailbox_id, data) in enumerate(listings)
     ]
 
@@ -91,3 +98,14 @@ async def threads(core: Core, keys: Sequence[tuple[str, str]]) -> list[list[Mess
     """The messages of each (user id, thread id), oldest first, at most MAX_THREAD_MESSAGES of each."""
     found = await core.storage.thread_messages(list(dict.fromkeys(keys)), MAX_THREAD_MESSAGES)
     return [found.get(key, []) for key in keys]
+
+
+async def details(core: Core, found: Sequence[Message]) -> list[MessageDetails | BaseException]:
+    """What only each message's source tells, for messages the caller already found.
+
+    Sources are read and parsed one per message, concurrently: parsing
+    dominates, and the query cost limits how many messages one request may
+    ask this of. A failure (a message deleted meanwhile) stays with its own
+    message.
+    """
+    return await asyncio.gather(*(messages.details(core, message) for message in found), return_exceptions=True)

@@ -26,7 +26,7 @@ from merganser.resolvers.inputs import Input, Paging
 from merganser.resolvers.lookup import get_user
 from merganser.resolvers.mailboxes import INBOX, THIRTY_DAYS_MS, find_mailbox
 from merganser.resolvers.normalize import normalize_address
-from merganser.resolvers.paging import PageResult, paginate
+from merganser.resolvers.paging import PageResult, page_query, page_result, paginate
 from merganser.resolvers.parse_pool import ParsePool
 from merganser.resolvers.parsing import (
     AttachmentInfo,
@@ -40,7 +40,7 @@ from merganser.resolvers.parsing import (
     search_terms,
     tokenize_query,
 )
-from merganser.storage.base import Mailbox, Message, OverQuotaError, SearchQuery, SearchText, User
+from merganser.storage.base import Mailbox, Message, OverQuotaError, PageQuery, SearchQuery, SearchText, Slice, User
 
 T = TypeVar("T")
 FLAGS = {"seen": "\\Seen", "flagged": "\\Flagged", "draft": "\\Draft", "deleted": "\\Deleted"}
@@ -252,19 +252,28 @@ class ListMessages(Paging):
     order: Literal["asc", "desc"] = "desc"
 
 
+def _listing(mailbox_id: str) -> str:
+    """The name a mailbox's message listing gives its cursors."""
+    return f"messages:{mailbox_id}"
+
+
+def message_page_query(mailbox_id: str, data: ListMessages) -> PageQuery:
+    """What to fetch for a page of a mailbox's messages: by UID, newest first unless ``order`` says otherwise."""
+    return page_query(data, _listing(mailbox_id), data.order == "desc", numeric=True)
+
+
+def message_page(mailbox_id: str, data: ListMessages, query: PageQuery, found: Slice[Message]) -> PageResult[Message]:
+    """The page ``query`` (from ``message_page_query``) found, with its cursors."""
+    return page_result(_listing(mailbox_id), data, query, found, lambda message: message.uid)
+
+
 async def list_messages(
     core: Core, user_id: str, mailbox_id: str, data: ListMessages
 ) -> tuple[Mailbox, PageResult[Message]]:
     mailbox = await find_mailbox(core, user_id, mailbox_id)
-    page = await paginate(
-        f"messages:{mailbox.id}",
-        data,
-        lambda query: core.storage.list_messages(mailbox.user, mailbox.id, query),
-        lambda message: message.uid,
-        descending=data.order == "desc",
-        numeric=True,
-    )
-    return mailbox, page
+    query = message_page_query(mailbox.id, data)
+    found = await core.storage.list_messages(mailbox.user, mailbox.id, query)
+    return mailbox, message_page(mailbox.id, data, query, found)
 
 
 async def find_message(core: Core, user_id: str, mailbox_id: str, message_id: str) -> tuple[Mailbox, Message]:
@@ -276,18 +285,17 @@ async def find_message(core: Core, user_id: str, mailbox_id: str, message_id: st
     return mailbox, message
 
 
-async def _with_source(core: Core, user_id: str, mailbox_id: str, message_id: str) -> tuple[Message, bytes]:
-    _, message = await find_message(core, user_id, mailbox_id, message_id)
+async def _source_of(core: Core, message: Message) -> bytes:
     raw = await core.storage.get_message_source(message.user, message.id)
     if raw is None:
         raise NotFoundError("Unknown message", "MessageNotFound")
-    return message, raw
+    return raw
 
 
 async def source(core: Core, user_id: str, mailbox_id: str, message_id: str) -> bytes:
     """The message exactly as stored."""
-    _, raw = await _with_source(core, user_id, mailbox_id, message_id)
-    return raw
+    _, message = await find_message(core, user_id, mailbox_id, message_id)
+    return await _source_of(core, message)
 
 
 async def _in_process(parse: Callable[[bytes], T], raw: bytes) -> T:
@@ -297,8 +305,13 @@ async def _in_process(parse: Callable[[bytes], T], raw: bytes) -> T:
 
 
 async def get_message(core: Core, user_id: str, mailbox_id: str, message_id: str) -> MessageDetails:
-    message, raw = await _with_source(core, user_id, mailbox_id, message_id)
-    return MessageDetails(message, await _in_process(parse_message, raw))
+    _, message = await find_message(core, user_id, mailbox_id, message_id)
+    return await details(core, message)
+
+
+async def details(core: Core, message: Message) -> MessageDetails:
+    """What only the source tells of a message the caller already found (HTML, text, attachments)."""
+    return MessageDetails(message, await _in_process(parse_message, await _source_of(core, message)))
 
 
 async def attachment(

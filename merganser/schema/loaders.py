@@ -13,24 +13,22 @@ all and only batch: an update event must never be shown with stale data.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from functools import cached_property
 from typing import TypeVar
 
 from strawberry.dataloader import DataLoader
 
-from merganser.resolvers import batches, messages
+from merganser.resolvers import batches
+from merganser.resolvers.addresses import AddressView
 from merganser.resolvers.context import Core
 from merganser.resolvers.messages import ListMessages, MessageDetails
 from merganser.resolvers.paging import PageResult
-from merganser.storage.base import Mailbox, MailboxCounters, Message, User
+from merganser.storage.base import ApplicationPassword, Mailbox, MailboxCounters, Message, User
 
 K = TypeVar("K")
 V = TypeVar("V")
 
-MessageKey = tuple[str, str, str]
-"""(user id, mailbox id, message id)"""
 ListingKey = tuple[str, str, ListMessages]
 """(user id, mailbox id, paging)"""
 ThreadKey = tuple[str, str]
@@ -44,17 +42,32 @@ class Loaders:
         self._core = core
         self._cache = cache
 
-    def _loader(self, load: Callable[[Core, Sequence[K]], Awaitable[Sequence[V | BaseException]]]) -> DataLoader[K, V]:
+    def _loader(
+        self,
+        load: Callable[[Core, Sequence[K]], Awaitable[Sequence[V | BaseException]]],
+        key: Callable[[K], Hashable] | None = None,
+    ) -> DataLoader[K, V]:
+        """A loader of ``load``; ``key`` makes a cache key of a key that is not hashable itself (a record)."""
         core = self._core
 
         async def load_fn(keys: list[K]) -> Sequence[V | BaseException]:
             return await load(core, keys)
 
-        return DataLoader(load_fn=load_fn, cache=self._cache)
+        return DataLoader(load_fn=load_fn, cache=self._cache, cache_key_fn=key)
 
     @cached_property
     def users(self) -> DataLoader[str, User | None]:
         return self._loader(batches.users)
+
+    @cached_property
+    def addresses(self) -> DataLoader[User, list[AddressView]]:
+        """A user's addresses, by user record (whose main address flags one of them)."""
+        return self._loader(batches.user_addresses, lambda user: user.id)
+
+    @cached_property
+    def asps(self) -> DataLoader[str, list[ApplicationPassword]]:
+        """A user's application-specific passwords, by user id."""
+        return self._loader(batches.user_asps)
 
     @cached_property
     def mailboxes(self) -> DataLoader[str, list[Mailbox]]:
@@ -75,16 +88,6 @@ class Loaders:
         return self._loader(batches.threads)
 
     @cached_property
-    def details(self) -> DataLoader[MessageKey, MessageDetails]:
+    def details(self) -> DataLoader[Message, MessageDetails]:
         """What only the message source tells (HTML, text, attachments), read and parsed once per message."""
-        return self._loader(_details)
-
-
-async def _details(core: Core, keys: Sequence[MessageKey]) -> list[MessageDetails | BaseException]:
-    """Each message read and parsed through the same path as REST's single-message view.
-
-    The sources are read concurrently, one per message: parsing dominates,
-    and the query cost limits how many messages one query may ask this of.
-    A failure stays with its own message.
-    """
-    return await asyncio.gather(*(messages.get_message(core, *key) for key in keys), return_exceptions=True)
+        return self._loader(batches.details, lambda message: (message.user, message.id))

@@ -22,7 +22,7 @@ import strawberry
 from strawberry import ID, Private
 
 from merganser.errors import NotFoundError
-from merganser.resolvers import addresses, asps, auth, mailboxes, messages, updates
+from merganser.resolvers import auth, mailboxes, messages, updates
 from merganser.resolvers.addresses import AddressView
 from merganser.resolvers.inputs import DEFAULT_PAGE_SIZE, Paging
 from merganser.resolvers.messages import ListMessages
@@ -127,6 +127,7 @@ class User:
     activated: bool
     disabled: bool
     created: DateTime
+    record: Private[UserRecord]
 
     @classmethod
     def from_record(cls, user: UserRecord) -> User:
@@ -148,12 +149,12 @@ class User:
             activated=user.activated,
             disabled=user.disabled,
             created=DateTime(user.created),
+            record=user,
         )
 
     @strawberry.field(description="Every address of the user, the main one flagged.")
     async def addresses(self, info: Info) -> list[Address]:
-        found = await addresses.list_user_addresses(info.context.core, self.id)
-        return [Address.from_view(view) for view in found]
+        return [Address.from_view(view) for view in await info.context.loaders.addresses.load(self.record)]
 
     @strawberry.field(description="The user's mailboxes, INBOX first.")
     async def mailboxes(self, info: Info) -> list[Mailbox]:
@@ -165,7 +166,8 @@ class User:
 
     @strawberry.field(description="Application-specific passwords (never the passwords themselves).")
     async def application_passwords(self, info: Info) -> list[ApplicationPassword]:
-        return [ApplicationPassword.from_record(asp) for asp in await asps.list_asps(info.context.core, self.id)]
+        found = await info.context.loaders.asps.load(self.id)
+        return [ApplicationPassword.from_record(asp) for asp in found]
 
     @strawberry.field(description="Authentication and security events, newest first.")
     async def authlog(
@@ -405,6 +407,7 @@ class Message:
     message_id: str | None = strawberry.field(description="The Message-ID header.")
     expires: DateTime | None
     user_id: Private[str]
+    record: Private[MessageRecord]
 
     @classmethod
     def from_record(cls, message: MessageRecord) -> Message:
@@ -432,6 +435,7 @@ class Message:
             message_id=summary.get("messageId"),
             expires=DateTime(message.expires) if message.expires else None,
             user_id=message.user,
+            record=message,
         )
 
     @strawberry.field(description="The thread the message belongs to.")
@@ -451,7 +455,7 @@ class Message:
         return [Attachment.from_info(item) for item in (await self._details(info)).parsed.attachments]
 
     async def _details(self, info: Info) -> messages.MessageDetails:
-        return await info.context.loaders.details.load((self.user_id, self.mailbox_id, self.id))
+        return await info.context.loaders.details.load(self.record)
 
 
 @strawberry.type(description="Messages that belong together: replies, or the same subject within 30 days.")

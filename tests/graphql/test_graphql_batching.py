@@ -101,6 +101,35 @@ async def test_the_number_of_calls_does_not_grow_with_the_data(make_api):
     assert sum(counts[1].values()) == 5
 
 
+async def test_account_fields_cost_one_call_each(api, graphql: Gql):
+    for number in range(3):
+        await create_user(graphql, f"acct{number}", address=f"acct{number}@example.com")
+    calls = count_calls(core(api).storage)
+    data = await graphql.data(
+        '{ users(query: "acct") { nodes { username addresses { address main } applicationPasswords { id } } } }'
+    )
+    assert [(node["username"], node["addresses"]) for node in data["users"]["nodes"]] == [
+        (f"acct{n}", [{"address": f"acct{n}@example.com", "main": True}]) for n in range(3)
+    ]
+    assert calls == Counter(list_users=1, addresses_of_users=1, asps_of_users=1)
+
+
+async def test_message_bodies_read_only_their_sources(api, graphql: Gql):
+    """The messages a page found are not looked up again: each costs the read of its source, nothing more."""
+    await populate(graphql, "body", user_count=1, messages_per_mailbox=2)
+    calls = count_calls(core(api).storage)
+    data = await graphql.data(
+        '{ users(query: "body") { nodes { mailboxes { path messages(first: 5) { nodes { subject text } } } } } }'
+    )
+    [user] = data["users"]["nodes"]
+    bodies = [node["text"] for mailbox in user["mailboxes"] for node in mailbox["messages"]["nodes"]]
+    assert len(bodies) == 2 * len(user["mailboxes"])
+    assert all(text.strip() == "Hello there." for text in bodies)
+    assert calls == Counter(
+        list_users=1, mailboxes_of_users=1, list_messages_of_mailboxes=1, get_message_source=len(bodies)
+    )
+
+
 async def test_address_owners_are_fetched_at_once(api, graphql: Gql):
     for number in range(4):
         await create_user(graphql, f"owner{number}", address=f"owner{number}@example.com")
