@@ -17,6 +17,7 @@ from merganser.protocols.lmtp import start_lmtp
 from merganser.resolvers import messages
 from merganser.resolvers.context import Core
 from merganser.resolvers.forwarding import Forwarder
+from merganser.resolvers.parse_pool import ParsePool
 from merganser.rest_compat import add_routes
 from merganser.rest_compat.http import CORE, api_middleware
 from merganser.schema.view import add_graphql_routes
@@ -57,21 +58,20 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
 
 async def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]], stop: asyncio.Event) -> None:
-    """Run a job every ``seconds`` until ``stop`` is set; a failed run is logged and retried.
+    """Run a job now and then every ``seconds`` until ``stop`` is set; a failed run is logged and retried.
 
-    Stopping waits for a run under way to finish rather than cancelling it,
-    so shutdown never interrupts a storage operation half-way.
+    The first run is at start-up, so a server restarted more often than the
+    interval still does the work. Stopping waits for a run under way to
+    finish rather than cancelling it, so shutdown never interrupts a storage
+    operation half-way.
     """
-    while True:
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
-            return
-        except TimeoutError:
-            pass
+    while not stop.is_set():
         try:
             await job()
         except Exception:
             log.exception("%s failed; will retry", what)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def _purge(core: Core) -> None:
@@ -122,7 +122,10 @@ def create_app(settings: Settings) -> web.Application:
                 storage.add_journal_listener(relay.journal_grew)
                 log.info("relaying live updates through Redis")
             opened.push_async_callback(_close_forwarder, core)
-            lmtp = await start_lmtp(core)
+            # Closed after the listener (callbacks run last in, first out).
+            parsers = ParsePool(settings.parse_workers)
+            opened.callback(parsers.close)
+            lmtp = await start_lmtp(core, parsers)
             opened.push_async_callback(_close_server, lmtp)
             app[LMTP_SERVER] = lmtp
             host, port = lmtp.sockets[0].getsockname()[:2]

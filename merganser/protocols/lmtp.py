@@ -28,21 +28,18 @@ from merganser.errors import NotAllowedError, NotFoundError, QuotaExceededError
 from merganser.resolvers import messages
 from merganser.resolvers.context import Core
 from merganser.resolvers.parse_pool import ParsePool
+from merganser.resolvers.parsing import DOT_ATOM_ADDRESS
 
 log = logging.getLogger("merganser.lmtp")
 
 IDENT = "merganser LMTP"
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
 # "<local@domain>" with dot-atoms of ASCII only, then nothing or parameters
 # starting with a letter or digit. For exactly these the general parser's
 # answer is the text between the brackets and the parameters as they are;
 # "=?" is left to it because it would try to decode an encoded word there.
-_PLAIN_PATH = re.compile(rf"<(?!.*=\?)({_DOT_ATOM}@{_DOT_ATOM})>(?: +([A-Za-z0-9][!-~ ]*))?")
+_PLAIN_PATH = re.compile(rf"<(?!.*=\?)({DOT_ATOM_ADDRESS})>(?: +([A-Za-z0-9][!-~ ]*))?")
 _END_OF_DATA = b".\r\n"
-# The tasks that close each listener's parse workers with it (the loop keeps only weak references).
-_SERVING: set[asyncio.Task[None]] = set()
 
 
 class _DataState(enum.Enum):
@@ -240,13 +237,12 @@ class DeliveryHandler:
         return f"250 2.0.0 <{address}> delivered as {stored.id}"
 
 
-async def start_lmtp(core: Core) -> asyncio.Server:
-    """Listen for LMTP on the configured address; the parse workers end when the listener is closed."""
+async def start_lmtp(core: Core, parsers: ParsePool) -> asyncio.Server:
+    """Listen for LMTP on the configured address, parsing incoming mail with ``parsers``."""
     settings = core.settings
-    parsers = ParsePool(settings.parse_workers)
     handler = DeliveryHandler(core, parsers)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
+    return await loop.create_server(
         lambda: MaildropLMTP(
             handler,
             data_size_limit=settings.max_message_size,
@@ -258,15 +254,3 @@ async def start_lmtp(core: Core) -> asyncio.Server:
         settings.lmtp_host,
         settings.lmtp_port,
     )
-    serving = asyncio.create_task(_serve(server, parsers))
-    _SERVING.add(serving)
-    serving.add_done_callback(_SERVING.discard)
-    return server
-
-
-async def _serve(server: asyncio.Server, parsers: ParsePool) -> None:
-    """Wait on the listener: closing it ends serve_forever, and with it the parse workers."""
-    try:
-        await server.serve_forever()
-    finally:
-        parsers.close()

@@ -45,6 +45,18 @@ RETRY_DELAY = 10.0
 _SOURCE_ROOT = str(Path(merganser.__file__).resolve().parent.parent)
 
 
+def _worker_pythonpath() -> str:
+    """PYTHONPATH for a worker: the source root only where the interpreter would not find merganser there anyway.
+
+    PYTHONPATH goes before the standard library, so naming site-packages in
+    it (where an installed merganser lives) could let a package shadow a
+    standard module in the worker but not in the server.
+    """
+    on_path = {str(Path(entry).resolve()) for entry in sys.path if entry}
+    extra = [] if _SOURCE_ROOT in on_path else [_SOURCE_ROOT]
+    return os.pathsep.join(filter(None, [*extra, os.environ.get("PYTHONPATH")]))
+
+
 class _Worker:
     """One worker process and the requests it has not answered yet, oldest first."""
 
@@ -63,13 +75,12 @@ class _Worker:
     @classmethod
     async def start(cls) -> _Worker:
         ours, theirs = socket.socketpair()
-        path = os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": path},
+                env={**os.environ, "PYTHONPATH": _worker_pythonpath()},
             )
         except BaseException:
             ours.close()

@@ -63,9 +63,10 @@ _TOP_HEADERS = frozenset({*_ADDRESS_HEADERS, "subject", "message-id", "in-reply-
 _PART_HEADERS = frozenset({"content-type", "content-disposition", "content-id"})
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOT_ATOM_ADDRESS = rf"{_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*"
+DOT_ATOM_ADDRESS = rf"{_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*"
+"""An address of ASCII dot-atoms, the plain form that parses the same under every parser (pattern text)."""
 _PLAIN_MAILBOX = re.compile(
-    rf"[ \t]*(?:({_ATEXT}(?:[ \t]+{_ATEXT})*)[ \t]*<({_DOT_ATOM_ADDRESS})>|({_DOT_ATOM_ADDRESS}))[ \t]*"
+    rf"[ \t]*(?:({_ATEXT}(?:[ \t]+{_ATEXT})*)[ \t]*<({DOT_ATOM_ADDRESS})>|({DOT_ATOM_ADDRESS}))[ \t]*"
 )
 _SURROGATES = re.compile("[\udc80-\udcff]")
 _LINE_BREAKS = re.compile(r"\r\n?|\n")
