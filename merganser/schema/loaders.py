@@ -5,6 +5,9 @@ would fetch each user's mailboxes, each mailbox's counters and page and each
 message's thread on its own. A DataLoader collects the keys every resolver of
 one level asks for while the level runs and hands them to one function in
 ``merganser.resolvers.batches``, which makes one storage call for all of them.
+Message bodies (``html``, ``text``, ``attachments``) are the exception: each
+message's source is read and parsed on its own, concurrently, since parsing
+is the cost and the query cost limit bounds how many a request may ask for.
 
 Loaders are made per request, so their caches never outlive it. A WebSocket
 connection runs many operations over time, so its loaders keep no cache at
