@@ -238,7 +238,7 @@ class MerganserGraphQLView(GraphQLView[GraphQLContext, None]):
         if (
             token
             and (json_post or not self.is_websocket_request(request))
-            and (json_post or not self.should_render_graphql_ide(_RequestInfo(request)))
+            and (json_post or not self.should_render_graphql_ide(self.request_adapter_class(request)))
             and not token_accepted(token, given_token(request))
         ):
             return error_response(401, "Invalid or missing access token", "InvalidToken")
@@ -362,15 +362,6 @@ class MerganserGraphQLView(GraphQLView[GraphQLContext, None]):
             if error.operation_type is OperationType.SUBSCRIPTION:
                 raise HTTPException(400, "Subscriptions need a WebSocket connection") from None
             raise HTTPException(400, "Mutations are not allowed over GET; use POST") from None
-
-
-class _RequestInfo:
-    """What Strawberry's GraphiQL check reads of a request."""
-
-    def __init__(self, request: web.Request) -> None:
-        self.method = request.method
-        self.headers = request.headers
-        self.query_params = request.query
 
 
 async def _static(request: web.Request) -> web.StreamResponse:
