@@ -13,6 +13,11 @@ and joins the feed only once it has caught up, so a long backlog never sits
 in memory. A subscriber whose buffer reaches its limit is dropped with
 ``SubscriberTooSlow``: the buffer stays bounded, and the client reconnects from
 the last id it saw without losing anything.
+
+A feed exists only while it has subscribers: the last one to leave, however
+it leaves (closed, dropped, cancelled while the feed was starting, or ended
+because its user was deleted), takes the feed with it, so later changes to
+that user cost no journal reads for nobody.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from merganser.storage.base import JournalEntry, Storage
 log = logging.getLogger(__name__)
 
 PAGE = 500
+# Pauses between attempts to read a journal while storage keeps failing.
+RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 class SubscriberTooSlow(MerganserError):
@@ -54,6 +61,7 @@ class Subscription:
         "_closed",
         "_dropped",
         "_feed",
+        "_from_now",
         "_hub",
         "_last",
         "_sink",
@@ -61,10 +69,11 @@ class Subscription:
         "_waiter",
     )
 
-    def __init__(self, hub: UpdateHub, user_id: str, after: int) -> None:
+    def __init__(self, hub: UpdateHub, user_id: str, after: int | None) -> None:
         self._hub = hub
         self._user_id = user_id
-        self._last = after
+        self._from_now = after is None
+        self._last = after or 0
         self._backlog_until: int | None = None
         self._feed: _Feed | None = None
         self._buffer: deque[JournalEntry] = deque()
@@ -122,8 +131,7 @@ class Subscription:
                     return entries
                 # Caught up as of that read: join the feed, then read what was
                 # committed between that read and the feed's position.
-                self._feed = await self._hub._attach(self)
-                self._backlog_until = self._feed.head
+                await self._hub._attach(self)
                 if entries:
                     return entries
                 continue
@@ -153,6 +161,18 @@ class Subscription:
                 if timer is not None:
                     timer.cancel()
         return []
+
+    def _join(self, feed: _Feed) -> None:
+        """Take entries after the feed's head from the feed, from the moment it is joined.
+
+        A subscriber from now on starts at that head; one catching up still
+        reads the entries up to it from the journal.
+        """
+        self._feed = feed
+        if self._from_now:
+            self._last = feed.head
+        else:
+            self._backlog_until = feed.head
 
     def send_directly(self, sink: Callable[[list[JournalEntry]], bool]) -> None:
         """Let the feed hand new entries straight to ``sink`` while the consumer waits with nothing pending.
@@ -229,14 +249,29 @@ class _Feed:
         self._reader = asyncio.create_task(self._read(storage))
 
     async def _read(self, storage: Storage) -> None:
-        """Read until the journal has nothing newer, also if told of more growth meanwhile."""
-        while True:
+        """Read until the journal has nothing newer, also if told of more growth meanwhile.
+
+        A failed read is tried again, after a pause that grows to a few
+        seconds, for as long as anyone is subscribed: the entries it missed
+        are committed, and no later notice may ever come to fetch them. Only
+        the first failure of a run is logged with its traceback.
+        """
+        failures = 0
+        while self.subscribers:
             self._again = False
             try:
                 entries = await storage.read_journal(self.user_id, self.head, PAGE)
-            except Exception:
-                log.exception("reading the journal of %s failed", self.user_id)
-                return
+            except Exception as error:
+                if failures:
+                    log.warning("reading the journal of %s failed again: %s; retrying", self.user_id, error)
+                else:
+                    log.exception("reading the journal of %s failed; retrying", self.user_id)
+                await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)])
+                failures += 1
+                continue
+            if failures:
+                log.info("reading the journal of %s again", self.user_id)
+                failures = 0
             if entries:
                 self.head = entries[-1].id
                 for subscriber in list(self.subscribers):
@@ -252,7 +287,9 @@ class UpdateHub:
         self.storage = storage
         self.buffer_limit = buffer_limit
         self._feeds: dict[str, _Feed] = {}
-        self._starting: dict[str, asyncio.Future[_Feed]] = {}
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        # Subscribers waiting for the feed of their user to start, by user id.
+        self._joining: dict[str, set[Subscription]] = {}
         self._catching_up: set[Subscription] = set()
         self._closed = False
 
@@ -274,49 +311,95 @@ class UpdateHub:
     def close(self) -> None:
         """End every subscription (the server is shutting down) and refuse new ones."""
         self._closed = True
-        for subscription in [*self._catching_up, *(s for feed in self._feeds.values() for s in feed.subscribers)]:
+        for subscription in self._subscriptions():
             subscription.close()
+
+    def end_user(self, user_id: str) -> None:
+        """End every subscription to ``user_id``, whose account was deleted, as ``close`` ends them all.
+
+        Nothing will be added to a deleted user's journal, so their streams
+        would otherwise stay open on heartbeats for ever. The last
+        subscription to go takes the feed with it.
+        """
+        for subscription in self._subscriptions(user_id):
+            subscription.close()
+
+    def _subscriptions(self, user_id: str | None = None) -> list[Subscription]:
+        """Every subscription of this hub, or of one user: catching up, waiting for a feed or fed."""
+        everyone = [
+            *self._catching_up,
+            *(s for waiting in self._joining.values() for s in waiting),
+            *(s for feed in self._feeds.values() for s in feed.subscribers),
+        ]
+        return [s for s in everyone if user_id is None or s.user_id == user_id]
 
     async def subscribe(self, user_id: str, after: int | None) -> Subscription:
         """A subscription to the entries after ``after``, or to new ones only when it is None."""
         if self._closed:
             raise UnavailableError("The server is shutting down; reconnect shortly")
-        if after is None:
-            subscription = Subscription(self, user_id, 0)
-            feed = await self._attach(subscription)
-            subscription._last = feed.head
-            subscription._feed = feed
-            return subscription
         subscription = Subscription(self, user_id, after)
-        self._catching_up.add(subscription)
+        if after is not None:
+            self._catching_up.add(subscription)
+            return subscription
+        try:
+            await self._attach(subscription)
+        except BaseException:
+            # Never handed out, so nobody else would close it.
+            subscription.close()
+            raise
         return subscription
 
-    async def _attach(self, subscription: Subscription) -> _Feed:
-        user_id = subscription._user_id
-        feed = self._feeds.get(user_id)
-        if feed is None:
-            starting = self._starting.get(user_id)
-            if starting is None:
-                starting = asyncio.ensure_future(self._start_feed(user_id))
-                self._starting[user_id] = starting
-                starting.add_done_callback(lambda _: self._starting.pop(user_id, None))
-            feed = await asyncio.shield(starting)
-        self._catching_up.discard(subscription)
-        if subscription.closed:
-            return feed
-        feed.subscribers.add(subscription)
-        return feed
+    async def _attach(self, subscription: Subscription) -> None:
+        """Join the feed of the subscription's user, starting one if there is none.
 
-    async def _start_feed(self, user_id: str) -> _Feed:
-        feed = _Feed(user_id, await self.storage.last_journal_id(user_id))
-        self._feeds[user_id] = feed
+        Returns with the subscription joined, unless it was closed meanwhile.
+        """
+        user_id = subscription.user_id
+        feed = self._feeds.get(user_id)
+        if feed is not None:
+            self._join(subscription, feed)
+            return
+        starting = self._starting.get(user_id)
+        if starting is None:
+            starting = self._starting[user_id] = asyncio.create_task(self._start_feed(user_id))
+        joining = self._joining.setdefault(user_id, set())
+        joining.add(subscription)
+        try:
+            # Shielded: other subscribers may be waiting for the same start.
+            await asyncio.shield(starting)
+        except BaseException:
+            joining.discard(subscription)
+            raise
+
+    async def _start_feed(self, user_id: str) -> None:
+        """Start the user's feed for those still waiting for it once its head is known; without them, none.
+
+        The feed is registered and joined in one step, so no subscriber that
+        went away meanwhile (cancelled or closed) can leave it behind with
+        nobody to read for.
+        """
+        try:
+            head = await self.storage.last_journal_id(user_id)
+        finally:
+            del self._starting[user_id]
+            joining = self._joining.pop(user_id, set())
+        if not joining:
+            return
+        feed = self._feeds[user_id] = _Feed(user_id, head)
+        for subscription in joining:
+            self._join(subscription, feed)
         # A change may have committed while the head was read, with nobody
         # listening for it yet.
         feed.wake(self.storage)
-        return feed
+
+    def _join(self, subscription: Subscription, feed: _Feed) -> None:
+        self._catching_up.discard(subscription)
+        subscription._join(feed)
+        feed.subscribers.add(subscription)
 
     def _forget(self, subscription: Subscription) -> None:
         self._catching_up.discard(subscription)
+        self._joining.get(subscription.user_id, set()).discard(subscription)
 
     def _detach(self, subscription: Subscription, feed: _Feed) -> None:
         feed.subscribers.discard(subscription)

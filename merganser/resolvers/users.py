@@ -174,7 +174,12 @@ async def update_user(core: Core, user_id: str, data: UpdateUser) -> None:
 
 
 async def delete_user(core: Core, user_id: str) -> None:
-    """Delete an account and everything stored for it; its addresses become free for others to take."""
+    """Delete an account and everything stored for it; its addresses become free for others to take.
+
+    The user's live update streams end too: their journal is gone and will
+    never grow again.
+    """
     user = await get_user(core, user_id)
     if not await core.storage.delete_user(user.id):
         raise NotFoundError("This user does not exist", "UserNotFound")
+    core.updates.end_user(user.id)
