@@ -7,7 +7,9 @@ channel and passes on what the others publish. Only the fact of a change
 travels: subscribers always read the journal itself, so a lost or repeated
 notice can delay an update but never lose or duplicate one. After the
 connection to Redis drops, every local feed is told to look at the journal
-again once it is back, for whatever changed meanwhile.
+again once it is back, for whatever changed meanwhile. Closing publishes
+what is still queued first, so the other servers hear of this one's last
+changes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "merganser:journal"
 RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 FAILURES = (redis.exceptions.RedisError, OSError)
+# How long closing waits to publish the notices still queued.
+CLOSE_TIMEOUT = 2.0
 
 
 class RelayError(ConnectionError):
@@ -65,11 +69,24 @@ class RedisRelay:
             raise
 
     async def close(self) -> None:
+        """Stop relaying, after one last attempt, bounded by CLOSE_TIMEOUT, to publish the queued notices.
+
+        Without it the other servers' subscribers would not hear of this
+        process's last commits until some later change to the same users.
+        """
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        if self._client is None:
+            return
+        if self._pending:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._send(self._pending)
+            except (TimeoutError, *FAILURES) as error:
+                reason = str(error) or "timed out"
+                log.warning("could not publish the last %d updates to Redis: %s", len(self._pending), reason)
+        await self._client.aclose()
 
     def journal_grew(self, user_id: str) -> None:
         """The journal listener: queue a notice; notices close together go out in one round trip."""
@@ -84,10 +101,11 @@ class RedisRelay:
             self._ready.clear()
             users, self._pending = self._pending, set()
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for user_id in users:
-                        pipe.publish(self.channel, self._origin + b" " + user_id.encode())
-                    await pipe.execute()
+                await self._send(users)
+            except asyncio.CancelledError:
+                # Closing: ``close`` publishes them, perhaps again, which is harmless.
+                self._pending |= users
+                raise
             except FAILURES as error:
                 if not failures:
                     log.warning("cannot publish updates to Redis (%s); retrying", error)
@@ -99,6 +117,14 @@ class RedisRelay:
                 if failures:
                     log.info("publishing updates to Redis again")
                 failures = 0
+
+    async def _send(self, users: set[str]) -> None:
+        """Publish one notice per user, all in one round trip."""
+        assert self._client is not None
+        async with self._client.pipeline(transaction=False) as pipe:
+            for user_id in users:
+                pipe.publish(self.channel, self._origin + b" " + user_id.encode())
+            await pipe.execute()
 
     async def _listen(self, subscribed: asyncio.Future[None]) -> None:
         assert self._client is not None

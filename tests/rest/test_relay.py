@@ -2,7 +2,8 @@
 
 Real processes, a real Redis server (Debian's redis-server, started here on a
 loopback port) and the shared store of either backend: a subscriber on one
-server sees what is delivered through the other.
+server sees what is delivered through the other. How a relay closes is
+checked on relays in this process, against the same Redis.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import aiohttp
 import pytest
 from helpers import simple_message
 from sse import assert_quiet, updates
+
+from merganser.storage import relay
+from merganser.storage.relay import RedisRelay
 
 START_TIMEOUT = 30.0
 
@@ -190,6 +194,31 @@ async def test_changes_made_while_redis_was_away_arrive_once_it_is_back(start_se
             (added,) = await updates(on_first, 1, timeout=20)
             assert added.data["command"] == "EXISTS"
     assert "lost the Redis update channel" in first.log.read_text()
+
+
+async def test_closing_publishes_the_notices_still_queued(redis_server):
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listening = RedisRelay(redis_server.url, heard.put_nowait, lambda: None)
+    closing = RedisRelay(redis_server.url, lambda _: None, lambda: None)
+    await listening.start()
+    try:
+        await closing.start()
+        # Closed straight away: the publishing task never had a turn.
+        closing.journal_grew("alice")
+        await closing.close()
+        assert await asyncio.wait_for(heard.get(), 5) == "alice"
+    finally:
+        await listening.close()
+
+
+async def test_closing_gives_up_on_queued_notices_soon_when_redis_is_gone(redis_server, caplog):
+    closing = RedisRelay(redis_server.url, lambda _: None, lambda: None)
+    await closing.start()
+    redis_server.stop()
+    closing.journal_grew("alice")
+    async with asyncio.timeout(relay.CLOSE_TIMEOUT + 2):
+        await closing.close()
+    assert "could not publish the last 1 updates to Redis" in caplog.text
 
 
 def test_a_server_that_cannot_reach_redis_does_not_start(tmp_path):
