@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from merganser.resolvers import hub
+
 GIB = 1024**3
 # Incoming mail is parsed in worker processes on the cores the event loop leaves free.
 DEFAULT_PARSE_WORKERS = min(4, (os.cpu_count() or 1) - 1)
@@ -82,8 +84,10 @@ HELP: dict[str, str] = {
     "gc_interval": "seconds between runs of the expired-message collector (default 300)",
     "forward_attempts": "attempts to forward or upload a copy before giving up (default 3)",
     "redis": "redis://HOST:PORT/DB to relay live updates between several servers sharing one store",
-    "heartbeat_interval": "seconds between keep-alive comments on idle update streams (default 15)",
-    "subscriber_buffer": "updates buffered per live subscriber before a slow one is disconnected (default 1000)",
+    "heartbeat_interval": "seconds between keep-alive comments on idle update streams (default 15, at least 1)",
+    "subscriber_buffer": (
+        f"updates buffered per live subscriber before a slow one is disconnected (default 1000, at least {hub.PAGE})"
+    ),
     "log_level": "logging level: debug, info, warning or error",
 }
 
@@ -100,6 +104,20 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"setting {name!r} expects {kind.__name__}, got {value!r}") from None
+
+
+def _check(settings: Settings) -> None:
+    """Refuse values that type-check but would make the server misbehave instead of failing."""
+    if settings.heartbeat_interval <= 0:
+        # The update streams wait this long for news: 0 would make them spin.
+        raise ConfigError(f"setting 'heartbeat_interval' must be at least 1 second, got {settings.heartbeat_interval}")
+    if settings.subscriber_buffer < hub.PAGE:
+        # One journal read hands a subscriber up to a page of updates at once;
+        # a smaller buffer would drop every subscriber on any large change.
+        raise ConfigError(
+            f"setting 'subscriber_buffer' must be at least {hub.PAGE} (the updates read from the journal at once),"
+            f" got {settings.subscriber_buffer}"
+        )
 
 
 def _kinds() -> dict[str, type]:
@@ -131,4 +149,5 @@ def load_settings(
             values[name] = env_value
     values.update({name: value for name, value in flags.items() if value is not None})
     settings = Settings(**{name: _coerce(name, kinds[name], value) for name, value in values.items()})
+    _check(settings)
     return dataclasses.replace(settings, log_level=settings.log_level.lower())

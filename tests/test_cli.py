@@ -22,6 +22,8 @@ from typing import Any
 import pyotp
 import pytest
 
+from merganser.resolvers.hub import PAGE
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -306,6 +308,32 @@ def test_bad_config_is_reported_without_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "http_port" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("--heartbeat-interval=0", "'heartbeat_interval' must be at least 1 second, got 0"),
+        ("MERGANSER_HEARTBEAT_INTERVAL=-5", "'heartbeat_interval' must be at least 1 second, got -5"),
+        (f"subscriber_buffer = {PAGE - 1}", f"'subscriber_buffer' must be at least {PAGE}"),
+    ],
+)
+def test_settings_that_would_break_update_streams_are_refused(tmp_path: Path, source: str, message: str) -> None:
+    """A heartbeat interval of 0 would make streams spin; a buffer under a page would drop every subscriber."""
+    command = [sys.executable, "-m", "merganser", "serve", "--data-dir", str(tmp_path)]
+    env = dict(os.environ)
+    if source.startswith("--"):
+        command.append(source)
+    elif source.startswith("MERGANSER_"):
+        name, _, value = source.partition("=")
+        env[name] = value
+    else:
+        config = tmp_path / "merganser.toml"
+        config.write_text(source + "\n")
+        command += ["--config", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_port_in_use_is_reported_without_traceback(tmp_path: Path) -> None:
