@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -14,7 +13,7 @@ from yarl import URL
 
 from merganser.config import Settings
 from merganser.protocols.lmtp import start_lmtp
-from merganser.resolvers import messages
+from merganser.resolvers import messages, security
 from merganser.resolvers.context import Core
 from merganser.resolvers.forwarding import Forwarder
 from merganser.resolvers.parse_pool import ParsePool
@@ -74,13 +73,6 @@ async def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]
             await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
-async def _purge(core: Core) -> None:
-    """Drop expired authlog entries and failure counters."""
-    now = datetime.now(UTC)
-    await core.storage.purge_authlog(now)
-    await core.storage.purge_counters(now)
-
-
 async def _close_server(server: asyncio.Server) -> None:
     server.close()
     await server.wait_closed()
@@ -132,7 +124,9 @@ def create_app(settings: Settings) -> web.Application:
             log.info("LMTP maildrop listening on %s:%d", host, port)
             stop = asyncio.Event()
             jobs = [
-                asyncio.create_task(_every(MAINTENANCE_INTERVAL, "authlog purge", lambda: _purge(core), stop)),
+                asyncio.create_task(
+                    _every(MAINTENANCE_INTERVAL, "authlog purge", lambda: security.purge_expired(core), stop)
+                ),
                 asyncio.create_task(
                     _every(
                         settings.gc_interval, "expired message collection", lambda: messages.collect_garbage(core), stop

@@ -76,3 +76,10 @@ async def count_failure(core: Core, user_id: str | None, ip: str | None) -> None
     expires = datetime.now(UTC) + timedelta(seconds=core.settings.auth_failure_window)
     for key, _ in _keys(core, user_id, ip):
         await core.storage.increment_counter(key, expires)
+
+
+async def purge_expired(core: Core, now: datetime | None = None) -> None:
+    """Drop authlog entries past their 30 days and failure counters whose window has closed."""
+    now = now or datetime.now(UTC)
+    await core.storage.purge_authlog(now)
+    await core.storage.purge_counters(now)
