@@ -22,6 +22,8 @@ from merganser.resolvers.context import Core
 from merganser.rest_compat.http import CORE
 
 PASSWORD = "secretpass"
+# The address of the ``account`` fixture's user (tests/graphql/conftest.py), where tests deliver mail.
+USER = "testuser@example.com"
 BCRYPT_MARKERS = ("$2b$", "$2a$", "$2y$")
 TRANSCRIPT: list[str] = []
 

@@ -9,21 +9,22 @@ A screenshot goes to test-output/screenshots/.
 from __future__ import annotations
 
 import pytest
-from gqlhelpers import create_user, open_graphql
+from gqlhelpers import core, create_user, open_graphql, wait_for
 from helpers import deliver_ok, simple_message
 from playwright.async_api import Page, expect
 
 TOKEN = "graphiql-token"
 
 
-async def run_in_editor(page: Page, query: str) -> None:
+async def run_in_editor(page: Page, query: str, operation_name: str) -> None:
     editor = page.locator(".graphiql-query-editor .CodeMirror")
     await editor.click()
     await page.keyboard.press("Control+A")
     await page.keyboard.insert_text(query)
     await expect(editor).to_contain_text(query.split("{")[0].strip())
-    # GraphiQL re-reads the operation names shortly after an edit.
-    await page.wait_for_timeout(500)
+    # GraphiQL re-reads the operation names shortly after an edit (debounced), and runs the
+    # operation it last read: wait until it has stored the new operation's name.
+    await page.wait_for_function("name => localStorage.getItem('graphiql:operationName') === name", arg=operation_name)
     await page.locator(".graphiql-execute-button").click()
 
 
@@ -40,9 +41,13 @@ async def test_graphiql_queries_and_subscribes_with_the_token(make_api, page, sc
     await expect(result).to_contain_text("browser@example.com")
 
     await run_in_editor(
-        page, f'subscription Live {{\n  messageAdded(user: "{user["id"]}") {{ command uid message {{ subject }} }}\n}}'
+        page,
+        f'subscription Live {{\n  messageAdded(user: "{user["id"]}") {{ command uid message {{ subject }} }}\n}}',
+        "Live",
     )
     await expect(result).not_to_contain_text("totalCount")
+    # The subscription is live once the server's update hub has its subscriber.
+    await wait_for(lambda: core(api).updates.subscriber_count == 1)
     await deliver_ok(api, "browser@example.com", simple_message("Seen in GraphiQL"))
     await expect(result).to_contain_text("Seen in GraphiQL")
     await expect(result).to_contain_text('"command": "EXISTS"')

@@ -13,8 +13,8 @@ from typing import Any
 import pyotp
 import pytest
 from gqlhelpers import PASSWORD, USER_FIELDS, Gql, core, create_user
+from helpers import UNKNOWN_ID, deliver_ok, simple_message
 
-UNKNOWN_ID = "0123456789abcdef01234567"
 USER_QUERY = f"query($id: ID!) {{ user(id: $id) {{ {USER_FIELDS} }} }}"
 AUTHENTICATE = """
     mutation($input: AuthenticateInput!) {
@@ -159,8 +159,6 @@ async def test_update_user(api, graphql: Gql):
 
 
 async def test_delete_user_removes_everything(api, graphql: Gql):
-    from helpers import deliver_ok, simple_message
-
     user = await create_user(graphql, address="gone@example.com")
     await deliver_ok(api, "gone@example.com", simple_message("Before deletion"))
     assert (await graphql.data("mutation($id: ID!) { deleteUser(id: $id) }", id=user["id"]))["deleteUser"] is True
@@ -369,12 +367,20 @@ async def test_application_passwords(graphql: Gql, transcript):
 
 
 async def test_reset_quota(api, graphql: Gql):
-    from helpers import deliver_ok, simple_message
-
     user = await create_user(graphql, address="quota@example.com")
     raw = simple_message("Counted")
     await deliver_ok(api, "quota@example.com", raw)
+    stored = len(raw) + len(b"Delivered-To: quota@example.com\r\n")
+    used_query = "query($id: ID!) { user(id: $id) { limits { quota { used } } } }"
+
+    async def used() -> int:
+        return (await graphql.data(used_query, id=user["id"]))["user"]["limits"]["quota"]["used"]
+
+    assert await used() == stored
+    # The stored counter drifts away from the messages' sizes.
+    assert await core(api).storage.update_user(user["id"], {"storage_used": stored + 12345}) is True
+    assert await used() == stored + 12345
     reset = "mutation($u: ID!) { resetQuota(user: $u) { limits { quota { used } } } }"
-    used = (await graphql.data(reset, u=user["id"]))["resetQuota"]["limits"]["quota"]["used"]
-    assert used == len(raw) + len(b"Delivered-To: quota@example.com\r\n")
+    assert (await graphql.data(reset, u=user["id"]))["resetQuota"]["limits"]["quota"]["used"] == stored
+    assert await used() == stored
     await graphql.error(reset, "UserNotFound", u=UNKNOWN_ID)

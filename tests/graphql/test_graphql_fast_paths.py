@@ -15,14 +15,12 @@ from typing import Any
 import pytest
 from gqlhelpers import USER_FIELDS, Gql, core, create_user, mailbox_ids
 from graphql import execute
-from helpers import deliver_ok, simple_message
+from helpers import UNKNOWN_ID, deliver_ok, simple_message
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from merganser.schema.context import GraphQLContext
 from merganser.schema.errors import present_all
 from merganser.schema.root import schema
-
-UNKNOWN = "0123456789abcdef01234567"
 
 QUERIES: list[tuple[str, dict[str, Any]]] = [
     (f"query($id: ID!) {{ user(id: $id) {{ {USER_FIELDS} }} }}", {}),
@@ -44,7 +42,7 @@ QUERIES: list[tuple[str, dict[str, Any]]] = [
         {},
     ),
     ("query($q: String) { addresses(query: $q) { nodes { address main user { username } } } }", {"q": None}),
-    ('{ user(id: "' + UNKNOWN + '") { id } }', {}),
+    ('{ user(id: "' + UNKNOWN_ID + '") { id } }', {}),
     ('{ user(id: "nope") { id } }', {}),
     ("query($id: ID!) { user(id: $id) { id } }", {"id": 12345}),
     ("query($id: ID!) { user(id: $id) { id } }", {"id": None}),
@@ -107,12 +105,12 @@ def test_which_queries_are_compiled():
     assert not compiled(QUERIES[5][0])  # @skip depends on a variable
     assert not compiled(QUERIES[6][0])  # mailboxes have resolvers
     assert not compiled(QUERIES[18][0])  # __typename at the root
-    assert not compiled('mutation { deleteUser(id: "' + UNKNOWN + '") }')
+    assert not compiled('mutation { deleteUser(id: "' + UNKNOWN_ID + '") }')
 
 
 async def test_a_refused_compiled_query_runs_its_resolver_once(api, monkeypatch):
     """The core's refusal is answered on the compiled path, not by running the query again in graphql-core."""
-    query = '{ user(id: "' + UNKNOWN + '") { id username } }'
+    query = '{ user(id: "' + UNKNOWN_ID + '") { id username } }'
     assert compiled(query)
     storage = core(api).storage
     get_user = storage.get_user
@@ -128,4 +126,4 @@ async def test_a_refused_compiled_query_runs_its_resolver_once(api, monkeypatch)
     assert [(error.message, error.path, error.extensions) for error in result.errors or ()] == [
         ("This user does not exist", ["user"], {"code": "UserNotFound"})
     ]
-    assert looked_up == [UNKNOWN]
+    assert looked_up == [UNKNOWN_ID]

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from gql.transport.exceptions import TransportQueryError
 from gqlhelpers import Gql, create_user, open_graphql, post
 from graphql import get_introspection_query
+from helpers import UNKNOWN_ID
 
 import merganser.resolvers.lookup
 from merganser.resolvers.inputs import MAX_PAGE_SIZE
@@ -189,20 +191,21 @@ async def test_unexpected_errors_are_logged_and_masked(api, graphql: Gql, monkey
     assert record.exc_info is not None and "disk on fire" in str(record.exc_info[1])
 
 
-async def test_core_errors_keep_message_and_code_beside_data(graphql: Gql):
+async def test_failed_lookup_nulls_data_and_keeps_message_path_and_code(graphql: Gql):
     user = await create_user(graphql)
     query = """
         query($id: ID!, $bad: ID!) {
             user(id: $id) { username mailbox(id: $bad) { id } }
         }
     """
-    try:
-        await graphql.data(query, id=user["id"], bad="0123456789abcdef01234567")
-    except Exception as error:  # gql raises with the partial data attached
-        assert error.errors[0]["extensions"]["code"] == "MailboxNotFound"
-        assert error.errors[0]["path"] == ["user", "mailbox"]
-    else:
-        raise AssertionError("expected MailboxNotFound")
+    with pytest.raises(TransportQueryError) as raised:
+        await graphql.data(query, id=user["id"], bad=UNKNOWN_ID)
+    # user(id) and mailbox(id) are non-null: the failed mailbox nulls its parents up to data.
+    assert raised.value.data is None
+    [error] = raised.value.errors
+    assert error["message"] == "Unknown mailbox"
+    assert error["extensions"]["code"] == "MailboxNotFound"
+    assert error["path"] == ["user", "mailbox"]
 
 
 async def test_request_body_limit(make_api):

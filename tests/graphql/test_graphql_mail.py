@@ -8,12 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from gqlhelpers import MESSAGE_FIELDS, Gql, create_user, mailbox_ids
-from helpers import crlf, deliver_ok, simple_message
-
-USER = "testuser@example.com"
-UNKNOWN_ID = "0123456789abcdef01234567"
+from gqlhelpers import MESSAGE_FIELDS, USER, Gql, create_user, mailbox_ids
+from helpers import UNKNOWN_ID, crlf, deliver_ok, simple_message
 
 RICH = crlf(
     "From: Sender Name <sender@example.org>\n"
@@ -71,12 +67,6 @@ async def rest(api: Any, path: str) -> dict[str, Any]:
     async with api.get(path) as response:
         assert response.status == 200
         return await response.json()
-
-
-@pytest.fixture
-async def account(graphql: Gql) -> tuple[str, dict[str, str]]:
-    user = await create_user(graphql, address=USER)
-    return user["id"], await mailbox_ids(graphql, user["id"])
 
 
 async def test_mailboxes_with_counters(api, graphql: Gql, account):

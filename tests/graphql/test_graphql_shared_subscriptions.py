@@ -12,15 +12,13 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import pytest
-from gqlhelpers import Gql, core, create_user, mailbox_ids, open_graphql, wait_for
+from gqlhelpers import USER, core, create_user, open_graphql, wait_for
 from helpers import deliver_ok, simple_message
 
 import merganser.schema.subscriptions
 from merganser.schema.root import schema
 from merganser.schema.view import OperationSink, WebSocketAdapter
 
-USER = "shared@example.com"
 TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
 WATCH = "subscription Watch($u: ID!, $since: Int) { updates(user: $u, since: $since) { id command uid } }"
@@ -57,7 +55,8 @@ class Client:
             raise AssertionError(f"unexpected message {message}")
 
     async def complete(self) -> None:
-        await self.ws.send_json({"type": "complete" if self.protocol == TRANSPORT_WS else "stop", "id": "1"})
+        kind = "complete" if self.protocol == TRANSPORT_WS else "stop"
+        await self.ws.send_json({"type": kind, "id": self.operation_id})
 
 
 @contextlib.asynccontextmanager
@@ -87,12 +86,6 @@ async def burst(api: Any, client: Client, count: int, label: str) -> list[dict[s
     events = await client.events(count)
     assert [event["uid"] for event in events] == list(range(1, count + 1))
     return events
-
-
-@pytest.fixture
-async def account(graphql: Gql) -> tuple[str, dict[str, str]]:
-    user = await create_user(graphql, address=USER)
-    return user["id"], await mailbox_ids(graphql, user["id"])
 
 
 async def test_identical_subscribers_share_one_execution(api, account, monkeypatch):
