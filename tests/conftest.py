@@ -8,7 +8,9 @@ Storage
     by ``MERGANSER_TEST_MONGODB_URL`` (e.g. ``mongodb://127.0.0.1:27017``).
     Each test gets a fresh database that is dropped afterwards.
 
-Select one backend with ``-k sqlite`` or ``-k mongodb``.
+To leave one backend out, deselect the other: ``-k "not mongodb"`` runs
+everything but the MongoDB side (``-k sqlite`` would also drop every test
+that does not depend on a backend at all), ``-k "not sqlite"`` the reverse.
 
 Servers and browsers
     ``make_api`` runs merganser (HTTP API and LMTP maildrop on free loopback
@@ -23,9 +25,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
-import time
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ from merganser.app import create_app
 from merganser.config import Settings
 from merganser.storage import Storage, storage_from_url
 
+# The helpers shared by every test directory live in tests/rest/helpers.py (one module object for all).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "rest"))
+
+from helpers import free_port, wait_for_port
+
 REPO = Path(__file__).resolve().parent.parent
 MONGODB_URL_ENV = "MERGANSER_TEST_MONGODB_URL"
 FERRETDB_START_TIMEOUT = 20.0
@@ -51,27 +57,6 @@ ApiFactory = Callable[..., Awaitable[TestClient]]
 
 
 # Helpers
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def database_url(server_url: str, database: str) -> str:
@@ -102,7 +87,7 @@ def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("ferretdb")
     (workdir / "data").mkdir()
     log_path = workdir / "ferretdb.log"
-    port = _free_port()
+    port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -119,16 +104,7 @@ def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stdin=subprocess.DEVNULL,
         )
     try:
-        deadline = time.monotonic() + FERRETDB_START_TIMEOUT
-        while not _accepts_connections(port):
-            if process.poll() is not None:
-                pytest.fail(f"FerretDB exited with {process.returncode} at start:\n{_tail(log_path)}", pytrace=False)
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"FerretDB did not listen on port {port} within {FERRETDB_START_TIMEOUT:.0f} s:\n{_tail(log_path)}",
-                    pytrace=False,
-                )
-            time.sleep(0.1)
+        wait_for_port(port, process, log_path, FERRETDB_START_TIMEOUT, name="FerretDB")
         yield f"mongodb://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -210,13 +186,26 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     errors: list[str] = []
     outside: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("request", lambda request: outside.append(request.url) if "127.0.0.1" not in request.url else None)
+    page.on("request", lambda request: None if _served_here(request.url) else outside.append(request.url))
     try:
         yield page
     finally:
         await context.close()
     assert errors == [], f"the page raised: {errors}"
-    assert [url for url in outside if not url.startswith("data:")] == [], "the page loaded files from elsewhere"
+    assert outside == [], "the page loaded files from elsewhere"
+
+
+def _served_here(url: str) -> bool:
+    """A URL the page may load: one of this machine's loopback servers, or inline data.
+
+    The host is compared whole: ``http://127.0.0.1.example.org/`` or
+    ``http://example.org/?from=127.0.0.1`` is somewhere else. A ``blob:`` URL
+    is judged by the origin it names.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "blob":
+        parts = urlsplit(parts.path)
+    return parts.scheme == "data" or (parts.scheme in ("http", "https", "ws", "wss") and parts.hostname == "127.0.0.1")
 
 
 async def _screenshot(page: Page, name: str) -> Path:

@@ -44,14 +44,17 @@ async def transcript(
     )
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        writer.write(b"LHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
-        for chunk in [*chunks, b"QUIT\r\n"]:
-            writer.write(chunk)
-            await writer.drain()
-            if pause:
-                await asyncio.sleep(0.001)
-        replies = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
+        try:
+            writer.write(b"LHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+            for chunk in [*chunks, b"QUIT\r\n"]:
+                writer.write(chunk)
+                await writer.drain()
+                if pause:
+                    await asyncio.sleep(0.001)
+            replies = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            # Closed even when a read failed, so that no client connection outlives the test.
+            writer.close()
         await writer.wait_closed()
     finally:
         server.close()

@@ -1,8 +1,8 @@
 """Parse workers: the same digest as parsing in-process, and never a lost message when a worker fails.
 
 The pool is driven directly here; ``tests/test_lmtp.py`` delivers through it
-on both backends. The last tests run the whole server and kill its worker
-between and during deliveries.
+on both backends. The last tests run the whole server: they kill its worker
+between two deliveries, and while a delivery's message is on its way to it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import signal
 import sys
 from email.message import EmailMessage
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -85,7 +86,10 @@ async def test_concurrent_requests_are_answered_in_order(pool):
 
 
 async def test_a_killed_worker_is_answered_for_in_process_then_replaced(pool, monkeypatch):
-    monkeypatch.setattr(parse_pool, "RETRY_DELAY", 0.5)
+    # The pool's own clock (not the event loop's) stands still until the test moves it, so the
+    # restart pause below does not depend on how fast this machine runs the calls in it.
+    now = [1000.0]
+    monkeypatch.setattr(parse_pool, "time", SimpleNamespace(monotonic=lambda: now[0]))
     raw = messages()[0]
     assert await pool.digest(raw) == digest_message(raw)
     [pid] = worker_pids()
@@ -93,7 +97,10 @@ async def test_a_killed_worker_is_answered_for_in_process_then_replaced(pool, mo
     # The caller parses in-process meanwhile, and for a while after: no restart storm.
     assert await pool.digest(raw) is None
     assert await pool.digest(raw) is None
-    await asyncio.sleep(0.6)
+    now[0] += parse_pool.RETRY_DELAY - 0.1
+    assert await pool.digest(raw) is None
+    assert worker_pids() == []
+    now[0] += 0.2
     assert await pool.digest(raw) == digest_message(raw)
     assert len(worker_pids()) == 1
 
@@ -169,6 +176,41 @@ async def test_delivery_goes_on_when_the_worker_dies(api):
     big = b"From: a@example.org\r\nSubject: second\r\n\r\n" + b"a line of the body\r\n" * 50_000
     result = await deliver(api, "testuser@example.com", big)
     assert result.data_codes == [250], result
+
+    inbox = await mailbox_id(api, user_id)
+    stored = [await message_source(api, user_id, inbox, mid) for mid in await message_ids(api, user_id, inbox)]
+    prefix = b"Delivered-To: testuser@example.com\r\n"
+    assert sorted(stored) == sorted([prefix + first, prefix + big])
+
+
+async def test_delivery_goes_on_when_the_worker_dies_while_parsing_it(api, monkeypatch, caplog):
+    user_id = await create_user(api, "testuser", address="testuser@example.com")
+    first = b"From: a@example.org\r\nSubject: first\r\n\r\nOne.\r\n"
+    await deliver_ok(api, "testuser@example.com", first)
+    [pid] = worker_pids()
+    killed: list[int] = []
+    send = parse_pool._Worker.send
+
+    def send_then_die(worker: parse_pool._Worker, raw: bytes) -> asyncio.Future[Any]:
+        """Queue the request, then kill the worker before the event loop can flush the rest of it.
+
+        The message is far larger than a socket buffer, so the worker cannot have read it whole,
+        let alone answered: it dies with the delivery's request in flight.
+        """
+        future = send(worker, raw)
+        if not killed:
+            killed.append(worker.process.pid)
+            worker.process.kill()
+            worker.process.wait()
+        return future
+
+    monkeypatch.setattr(parse_pool._Worker, "send", send_then_die)
+    big = b"From: a@example.org\r\nSubject: second\r\n\r\n" + b"a line of the body\r\n" * 100_000
+    result = await deliver(api, "testuser@example.com", big)
+    assert result.data_codes == [250], result
+    assert killed == [pid]
+    # The pool saw its worker go with the request unanswered, and the message was parsed in-process.
+    assert f"parse worker {pid} stopped answering" in caplog.text
 
     inbox = await mailbox_id(api, user_id)
     stored = [await message_source(api, user_id, inbox, mid) for mid in await message_ids(api, user_id, inbox)]

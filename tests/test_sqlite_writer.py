@@ -62,11 +62,32 @@ async def keys(storage: SQLiteStorage) -> list[str]:
     return [row[0] for row in rows]
 
 
+TRANSACTION_STATEMENTS = ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+
+
+async def trace_writer(storage: SQLiteStorage) -> list[str]:
+    """Every statement the writing connection runs from now on, as SQLite runs it.
+
+    sqlite3 lets only the connection's own thread set its trace callback, so
+    it is set there, through the writer's executor.
+    """
+    statements: list[str] = []
+    assert storage._writer is not None and storage._db is not None
+    await asyncio.get_running_loop().run_in_executor(storage._writer, storage._db.set_trace_callback, statements.append)
+    return statements
+
+
+def transactions(statements: list[str]) -> list[str]:
+    """The statements that begin or end a transaction (not the savepoints within one)."""
+    return [statement for statement in statements if statement in TRANSACTION_STATEMENTS]
+
+
 async def test_a_failing_change_is_undone_alone(storage):
     def failing(db: sqlite3.Connection) -> int:
         insert("c")(db)
         raise ValueError("no")
 
+    statements = await trace_writer(storage)
     results = await asyncio.gather(
         storage._write(insert("a")),
         storage._write(failing),
@@ -78,17 +99,27 @@ async def test_a_failing_change_is_undone_alone(storage):
     assert isinstance(results[1], ValueError)
     assert isinstance(results[2], sqlite3.IntegrityError)
     assert await keys(storage) == ["a", "b"]
+    # All four in one transaction, each in a savepoint of its own; the two that failed were rolled back to theirs.
+    assert transactions(statements) == ["BEGIN IMMEDIATE", "COMMIT"], statements
+    assert statements.count("SAVEPOINT work") == 4, statements
+    assert statements.count("ROLLBACK TO work") == 2, statements
 
 
 async def test_a_group_that_cannot_commit_fails_every_writer_and_keeps_nothing(storage):
+    statements = await trace_writer(storage)
     storage._db = FailingCommit(storage._db)
     results = await asyncio.gather(*(storage._write(insert(key)) for key in "abc"), return_exceptions=True)
     assert all(isinstance(result, sqlite3.OperationalError) for result in results), results
     assert await keys(storage) == []
+    # One transaction for the three, whose failed commit undid it whole.
+    assert transactions(statements) == ["BEGIN IMMEDIATE", "ROLLBACK"], statements
+    assert statements.count("SAVEPOINT work") == 3, statements
 
     storage._db = storage._db.db
+    statements.clear()
     assert await storage._write(insert("d")) == 1
     assert await keys(storage) == ["d"]
+    assert transactions(statements) == ["BEGIN IMMEDIATE", "COMMIT"], statements
 
 
 async def test_search_rows_written_at_the_end_of_a_group_agree_with_its_messages(storage):

@@ -295,17 +295,20 @@ async def test_storage_tells_listeners_only_after_the_change_is_readable(storage
     core = Core(storage=storage, settings=Settings(bcrypt_rounds=4))
     user_id = await new_user(core)
     seen: list[list[int]] = []
+    reads: list[asyncio.Task[None]] = []
 
     def listener(grown: str) -> None:
         assert grown == user_id
         seen.append([])
-        asyncio.get_running_loop().create_task(read_into(seen[-1]))
+        reads.append(asyncio.get_running_loop().create_task(read_into(seen[-1])))
 
     async def read_into(target: list[int]) -> None:
         target.extend(entry.id for entry in await storage.read_journal(user_id, 0, 100))
 
     storage.add_journal_listener(listener)
     await make_mailboxes(core, user_id, 1)
-    await asyncio.sleep(0.2)
-    assert seen and seen[0] == [1]
+    assert reads, "the listener was not told of the new journal entry"
+    async with asyncio.timeout(30):  # only a guard against a hung read, not a timing assertion
+        await asyncio.gather(*reads)
+    assert seen[0] == [1]
     assert await storage.last_journal_id(user_id) == 1

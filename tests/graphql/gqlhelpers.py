@@ -7,7 +7,6 @@ for password hashes, so a test can also scan everything the server said.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -110,11 +109,3 @@ async def create_user(graphql: Gql, username: str = "testuser", **fields: Any) -
 async def mailbox_ids(graphql: Gql, user_id: str) -> dict[str, str]:
     data = await graphql.data("query($id: ID!) { user(id: $id) { mailboxes { id path } } }", id=user_id)
     return {mailbox["path"]: mailbox["id"] for mailbox in data["user"]["mailboxes"]}
-
-
-async def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    """Poll a condition (a callable returning bool) until it holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)

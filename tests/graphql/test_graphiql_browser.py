@@ -9,8 +9,8 @@ A screenshot goes to test-output/screenshots/.
 from __future__ import annotations
 
 import pytest
-from gqlhelpers import core, create_user, open_graphql, wait_for
-from helpers import deliver_ok, simple_message
+from gqlhelpers import core, create_user, open_graphql
+from helpers import deliver_ok, simple_message, wait_for
 from playwright.async_api import Page, expect
 
 TOKEN = "graphiql-token"

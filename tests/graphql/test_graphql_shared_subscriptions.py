@@ -12,8 +12,8 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from gqlhelpers import USER, core, create_user, open_graphql, wait_for
-from helpers import deliver_ok, simple_message
+from gqlhelpers import USER, core, create_user, open_graphql
+from helpers import deliver_ok, simple_message, wait_for
 
 import merganser.schema.subscriptions
 from merganser.schema.root import schema

@@ -17,8 +17,8 @@ import pytest
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
-from gqlhelpers import USER, Gql, core, create_user, open_graphql, wait_for
-from helpers import deliver_ok, simple_message
+from gqlhelpers import USER, Gql, core, create_user, open_graphql
+from helpers import deliver_ok, simple_message, wait_for
 
 import merganser.resolvers.updates
 from merganser.resolvers.hub import SubscriberTooSlow

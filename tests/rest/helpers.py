@@ -8,17 +8,28 @@ Every request goes through :func:`call`, which also enforces what must hold
 for *every* response of the API: never a 500, always a JSON body, and never a
 password hash in it. Each response text is kept in :data:`TRANSCRIPT` so that
 a test can scan everything the server said for a secret.
+
+The last section (waiting, ports and processes) is shared by every test
+directory: ``tests/conftest.py`` and top-level test modules put
+``tests/rest`` on ``sys.path`` to import it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import smtplib
+import socket
+import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
@@ -337,3 +348,52 @@ async def deliver_ok(api: TestClient, recipient: str, raw: bytes) -> None:
     result = await deliver(api, recipient, raw)
     assert result.rcpt[0][0] == 250, result
     assert result.data_codes == [250], result
+
+
+# Waiting, ports and processes
+
+LOOPBACK = "127.0.0.1"
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "the condition") -> None:
+    """Poll ``condition`` until it holds; ``timeout`` only guards against a hang (fails naming ``what``)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The end of a log file, for a failure message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0, name: str = "the process"
+) -> None:
+    """Return once something accepts connections on the loopback ``port``.
+
+    Fails with the end of ``log`` if ``process`` exits first, or if nothing
+    listens within ``timeout`` seconds (a guard against a hang).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return
+        if process.poll() is not None:
+            pytest.fail(f"{name} exited with {process.returncode}:\n{tail(log)}", pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name} did not listen on port {port} within {timeout:g} s:\n{tail(log)}", pytrace=False)
+        time.sleep(0.05)

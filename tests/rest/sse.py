@@ -46,12 +46,20 @@ async def read_event(response: aiohttp.ClientResponse, timeout: float = 10.0) ->
 
 
 async def next_update(response: aiohttp.ClientResponse, timeout: float = 10.0) -> Event:
-    """The next journal event, skipping heartbeats; fails if the stream ends."""
-    while True:
-        event = await read_event(response, timeout)
-        assert event is not None, "the update stream ended"
-        if event.data is not None:
-            return event
+    """The next journal event, skipping heartbeats; fails if the stream ends or none comes within ``timeout``.
+
+    One deadline covers the whole wait: heartbeats do not restart it, so a
+    stream that only ever sends heartbeats fails here instead of hanging.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await read_event(response, timeout)
+                assert event is not None, "the update stream ended"
+                if event.data is not None:
+                    return event
+    except TimeoutError:
+        raise AssertionError(f"no update within {timeout:g} s (heartbeats aside)") from None
 
 
 async def updates(response: aiohttp.ClientResponse, count: int, timeout: float = 10.0) -> list[Event]:

@@ -25,9 +25,11 @@ from helpers import (
     create_mailbox,
     create_user,
     deliver_ok,
+    get_message,
     mailbox_id,
     message_ids,
     simple_message,
+    wait_for,
 )
 from sse import assert_quiet, read_event, updates
 
@@ -56,11 +58,9 @@ async def stream(
         yield response
 
 
-async def wait_for_subscribers(api: TestClient, count: int, timeout: float = 10.0) -> None:
+async def wait_for_subscribers(api: TestClient, count: int) -> None:
     hub = core(api).updates
-    async with asyncio.timeout(timeout):
-        while hub.subscriber_count != count:
-            await asyncio.sleep(0.02)
+    await wait_for(lambda: hub.subscriber_count == count, what=f"{count} update subscriber(s)")
 
 
 async def test_delivery_and_mailbox_changes_arrive_in_the_reference_format(api):
@@ -71,6 +71,7 @@ async def test_delivery_and_mailbox_changes_arrive_in_the_reference_format(api):
         await deliver_ok(api, "testuser@example.com", simple_message("Live"))
         (added,) = await updates(response, 1)
         [message] = await message_ids(api, user_id, inbox)
+        stored = await get_message(api, user_id, inbox, message)
         assert added.data == {
             "command": "EXISTS",
             "mailbox": inbox,
@@ -78,7 +79,7 @@ async def test_delivery_and_mailbox_changes_arrive_in_the_reference_format(api):
             "uid": 1,
             "modseq": added.id,
             "flags": [],
-            "thread": added.data["thread"],
+            "thread": stored["thread"],
         }
         folder = await create_mailbox(api, user_id, "Projects")
         (created,) = await updates(response, 1)
