@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -47,10 +48,38 @@ QUERY = """query User($id: ID!) {
 }"""
 # REST shows an unset value as false (the reference's style), GraphQL as null.
 UNSET_IN_REST = {"forward", "targetUrl", "retention", "ttl"}
+# wrk judges a request by its HTTP status alone, and GraphQL reports a failed query with a 200 whose
+# body has "errors": each thread counts such bodies, and done() prints the sum for run_wrk to check.
+# (A response() hook makes wrk read every body, which REST's runs skip: client-side work only.)
 POST_SCRIPT = """wrk.method = "POST"
-wrk.body = {body}
+wrk.body = %s
 wrk.headers["Content-Type"] = "application/json"
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  graphql_errors = 0
+end
+
+function response(status, headers, body)
+  if body ~= nil and string.find(body, '"errors"', 1, true) then
+    graphql_errors = graphql_errors + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do
+    total = total + thread:get("graphql_errors")
+  end
+  io.write(string.format("GraphQL errors: %%d\\n", total))
+end
 """
+GRAPHQL_ERRORS = re.compile(r"^GraphQL errors: (\d+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -101,6 +130,12 @@ def run_wrk(target: Target, connections: int, duration: int) -> tuple[int, float
     if result.returncode != 0:
         raise BenchError(f"wrk failed ({result.returncode}): {result.stderr or result.stdout}")
     measurement = parse_wrk(result.stdout)
+    if target.script is not None:
+        counted = GRAPHQL_ERRORS.search(result.stdout)
+        if counted is None:
+            raise BenchError(f"wrk's script did not report its count of GraphQL errors:\n{result.stdout}")
+        if int(counted[1]):
+            raise BenchError(f"{counted[1]} {target.name} answers carried errors:\n{result.stdout}")
     return measurement.requests, measurement.seconds
 
 
@@ -128,7 +163,7 @@ def run(args: argparse.Namespace) -> None:
         body = json.dumps({"query": QUERY, "variables": {"id": user_id}}).encode()
         same_user(rest, graphql_answer(server, body))
         script = Path(directory) / "graphql.lua"
-        script.write_text(POST_SCRIPT.format(body=json.dumps(body.decode())))
+        script.write_text(POST_SCRIPT % json.dumps(body.decode()))
         base = f"http://{HOST}:{server.http_port}"
         targets = [Target("REST", f"{base}/users/{user_id}", None), Target("GraphQL", f"{base}/graphql", script)]
         print_environment(

@@ -38,16 +38,18 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
+# Run as a script this folder is on sys.path already; imported from elsewhere it may not be.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# The shared error class, so scripts that import parse_wrk from here catch what it raises.
+from _common import BenchError
+
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 WRK_INSTALL_HINT = "apt-get install -y wrk"
 BUSY_WARNING = 0.2
 BENCH_USER = {"username": "benchuser", "password": "bench-password-1"}
-
-
-class BenchError(Exception):
-    """Something broke, so the figures would mean nothing."""
 
 
 @dataclass(frozen=True)

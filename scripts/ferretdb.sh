@@ -8,11 +8,17 @@
 # lacks build/version/version.txt) the module source is downloaded, patched
 # with that file and built.
 #
+# FerretDB v1.24.2 needs Go >= 1.24 (its go.mod says "go 1.24"). An older Go
+# from 1.21 on is told to fetch that toolchain itself (GOTOOLCHAIN); one older
+# than 1.21 cannot, and the script stops saying which Go to install.
+#
 # Progress goes to stderr; stdout carries only the path.
 set -euo pipefail
 
 VERSION=v1.24.2
 MODULE=github.com/FerretDB/FerretDB
+GO_NEEDED=1.24
+TOOLCHAIN=go1.24.3
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=$REPO/.tools/ferretdb-$VERSION
 
@@ -25,7 +31,28 @@ if works "$BIN"; then
     exit 0
 fi
 
-command -v go >/dev/null || { log "go is not installed; cannot build FerretDB"; exit 1; }
+command -v go >/dev/null || { log "go is not installed; FerretDB $VERSION needs Go >= $GO_NEEDED to build"; exit 1; }
+
+# `go env GOVERSION` says e.g. go1.22.5 (or "devel go1.25-..."); Go before 1.16 has no such variable.
+go_version=$(go env GOVERSION 2>/dev/null || true)
+[[ $go_version =~ go([0-9]+)\.([0-9]+) ]] || go_version=$(go version)
+if [[ ! $go_version =~ go([0-9]+)\.([0-9]+) ]]; then
+    log "cannot tell which Go '$(command -v go)' is ($go_version); FerretDB $VERSION needs Go >= $GO_NEEDED"
+    exit 1
+fi
+go_major=${BASH_REMATCH[1]} go_minor=${BASH_REMATCH[2]}
+go_version="Go $go_major.$go_minor"
+if ((go_major == 1 && go_minor < ${GO_NEEDED#1.})); then
+    if ((go_minor >= 21)); then
+        log "$go_version is older than the Go >= $GO_NEEDED FerretDB $VERSION needs; using GOTOOLCHAIN=$TOOLCHAIN+auto"
+        log "(go fetches that toolchain through the module proxy; if it cannot, install Go >= $GO_NEEDED)"
+        export GOTOOLCHAIN=$TOOLCHAIN+auto
+    else
+        log "FerretDB $VERSION needs Go >= $GO_NEEDED (its go.mod says go 1.24); $go_version is too old to fetch"
+        log "a newer toolchain itself (that takes Go >= 1.21): install Go >= $GO_NEEDED and run this again"
+        exit 1
+    fi
+fi
 mkdir -p "$REPO/.tools"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ferretdb-build.XXXXXX")
 trap 'chmod -R u+w "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
